@@ -1,0 +1,1 @@
+"""Agent supervision: process lifecycle, heartbeat socket, health checks, events."""

@@ -1,0 +1,1 @@
+"""The Manager link: gRPC client over mutual TLS, and the durable outbox."""

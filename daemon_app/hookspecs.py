@@ -1,0 +1,70 @@
+"""The pluggy hook specifications: the only way the engine talks to collectors, reporters and plugins.
+
+A plugin is any object or module with functions marked `@hookimpl` (import it from
+`daemon_app.hookspecs`). Built-ins are registered exactly like third-party plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from daemon_app.metrics import CollectContext, Metrics
+
+PROJECT = "daemon_app"
+ENTRY_POINT_GROUP = "daemon_app.plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def collect(ctx: CollectContext) -> Metrics | list[Metrics] | None:
+    """Collect metrics. Called per plugin, on that plugin's own interval (`collectors.<name>.interval`).
+
+    `ctx.name` is the plugin's name, `ctx.config` its `collectors.<name>` section, `ctx.deadline`
+    the monotonic time by which it should return (`collectors.<name>.timeout`). Return a `Metrics`,
+    a list of them, or None when there is nothing to report. A plugin that raises or overruns its
+    timeout is logged with D5001 and left out of that round; the other plugins still run.
+    """
+
+
+@hookspec
+def report(report: dict[str, Any]) -> None:
+    """Receive each report (seed §4.3 `ReportData`) after it is built, every `daemon.report_interval`.
+
+    `report` is a plain dict: node_id, timestamp (RFC 3339), metrics (name -> {name, timestamp,
+    values}), agent_status, logs, and any other fields the daemon adds. Side effects only (ship it to
+    a file, Prometheus, ...). Do not modify it: every reporter sees the same object. A reporter that
+    raises is logged and the others still run.
+    """
+
+
+@hookspec
+def on_agent_event(event: dict[str, Any]) -> None:
+    """Called on every Agent state change, in order.
+
+    `event["type"]` is one of started, adopted, exited, backoff, restarting, unhealthy, fatal,
+    stopped, updated, rolled_back; the event also carries `state`, `pid`, `timestamp` and, where
+    they apply, `exit_code`/`signal`/`stderr_tail` (exited), `delay` (backoff) and `reason`
+    (unhealthy, restarting, rolled_back). Side effects only; called from the supervisor's thread,
+    so return quickly.
+    """
+
+
+@hookspec
+def pre_update(request: dict[str, Any]) -> str | None:
+    """Called before an update is downloaded, with component, version, url/file, sha256, size.
+
+    Return a reason string to veto the update (it then fails with D4003 and that reason), or None to
+    let it proceed. Every implementation is called; the first veto is reported.
+    """
+
+
+@hookspec
+def post_update(result: dict[str, Any]) -> None:
+    """Called once an update has finished, with the final UpdateResult (seed §3.4.1) as a dict:
+    component, success, old_version, new_version, error, rolled_back. Side effects only.
+    """

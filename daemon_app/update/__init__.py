@@ -1,0 +1,1 @@
+"""Updates: signed manifests, download, verification, install with backup, self-update."""
