@@ -418,7 +418,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ConfigLoadError(f"config: {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+        problem = getattr(exc, "problem", exc)
+        raise ConfigLoadError(f"config: {path} is not valid YAML{at}: {problem}") from exc
     if raw is None:
         raise ConfigLoadError(f"config: {path} is empty")
     return validate(raw, source=path)

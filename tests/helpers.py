@@ -1,0 +1,112 @@
+"""Shared test helpers: waiting on conditions, writing configs, running the daemon as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> Any:
+    """Poll `cond` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def short_tmpdir(prefix: str = "dt") -> str:
+    """A short path under /tmp: AF_UNIX socket paths must stay under 108 bytes."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def base_config(work_dir: str | os.PathLike[str], **sections: Any) -> dict[str, Any]:
+    """A config whose every path lives under `work_dir`; no Manager, no Agent unless given."""
+    work = str(work_dir)
+    cfg: dict[str, Any] = {
+        "daemon": {
+            "work_dir": work,
+            "log_file": os.path.join(work, "daemon.log"),
+            "pid_file": os.path.join(work, "daemon.pid"),
+            "log_level": "debug",
+        },
+        "agent": {"enabled": False, "socket_path": os.path.join(work, "agent.sock"),
+                  "work_dir": os.path.join(work, "agent")},
+        "update": {"download_dir": os.path.join(work, "downloads"),
+                   "backup_dir": os.path.join(work, "backups"),
+                   "public_key_file": os.path.join(work, "keys", "update.pub")},
+    }
+    return deep_merge(cfg, sections)
+
+
+def write_config(path: str | os.PathLike[str], cfg: dict[str, Any]) -> str:
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def daemon_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "daemon_app", *args]
+
+
+class DaemonProcess:
+    """`daemon -c CONFIG run` as a real child process; stop() sends SIGTERM and waits."""
+
+    def __init__(self, config_path: str, *, extra_env: dict[str, str] | None = None,
+                 cmd: list[str] | None = None) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(extra_env or {})
+        self.config_path = config_path
+        self.proc = subprocess.Popen(cmd or daemon_cmd("-c", config_path, "run"), env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def output(self) -> tuple[str, str]:
+        out, err = self.proc.communicate(timeout=10)
+        return out.decode(errors="replace"), err.decode(errors="replace")
