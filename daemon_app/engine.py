@@ -186,6 +186,9 @@ class Engine:
         self.last_report: float = 0.0
         self.reports_built = 0
         self.state = "starting"
+        # Manager commands by type ("update", "rollback", "agent", ...): handler(command, progress)
+        # must return quickly (long work goes to its own thread). Services register their own.
+        self.command_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = InstanceLock(cfg.daemon.work_dir, cfg.daemon.pid_file)
         self._stopping = False
@@ -269,6 +272,15 @@ class Engine:
     def post(self, command: str, arg: Any = None) -> None:
         """Thread- and signal-safe: ask the engine's loop to do something."""
         self._commands.put((command, arg))
+
+    def dispatch_command(self, command: dict[str, Any]) -> bool:
+        """Route a Manager command ({"id", "type", ...}) to its handler; False if none knows it."""
+        handler = self.command_handlers.get(command.get("type", ""))
+        if handler is None:
+            log.warning("no handler for command type %r (id %s)", command.get("type"), command.get("id"))
+            return False
+        handler(command)
+        return True
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.post("stop", "SIGTERM"))
