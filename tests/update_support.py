@@ -8,7 +8,10 @@ import hashlib
 import http.server
 import os
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +214,58 @@ def snapshot(cfg: config_mod.Config) -> dict[str, Any]:
         "journal": read(os.path.join(cfg.daemon.work_dir, "update", "journal.json")),
         "bin": sorted(os.listdir(os.path.dirname(cfg.agent.binary_path))),
     }
+
+
+# --- a real Agent process and a small supervisor double (tests only) -----------------------------
+
+def agent_script(version: str, *, healthy: bool = True) -> bytes:
+    """A Python 'Agent' that reports `version` through a file (its heartbeat) and stays up;
+    an unhealthy one exits at once without reporting."""
+    body = ('import os, pathlib, time\n'
+            f'pathlib.Path(os.environ["AGENT_VERSION_FILE"]).write_text({version!r})\n'
+            'time.sleep(600)\n') if healthy else 'raise SystemExit(3)\n'
+    return f"#!{sys.executable}\n".encode() + body.encode()
+
+
+class ProcessSupervisor:
+    """Implements the update's Supervisor interface against a real child process."""
+
+    def __init__(self, binary: str, work: Path) -> None:
+        self.binary = binary
+        self.version_file = work / "agent.version"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.started_versions: list[bytes] = []
+
+    def start_agent(self) -> None:
+        self.version_file.unlink(missing_ok=True)
+        self.started_versions.append(Path(self.binary).read_bytes())
+        env = dict(os.environ, AGENT_VERSION_FILE=str(self.version_file))
+        self.proc = subprocess.Popen([self.binary], env=env, stdin=subprocess.DEVNULL)
+
+    def stop_agent(self, timeout: float | None = None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout or 10)
+        self.proc = None
+
+    def current_version(self) -> str:
+        if self.proc is None or self.proc.poll() is not None:
+            return ""
+        try:
+            return self.version_file.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_heartbeat(self, version: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.current_version() == version:
+                return True
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        self.events.append((event_type, fields))
