@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from daemon_app import config as config_mod
-from daemon_app.update.flow import UpdateRequest, Updater
+from daemon_app.update.flow import Updater, UpdateRequest
 from daemon_app.update.state import UpdateState
 from tests.update_support import (
     PackageServer,

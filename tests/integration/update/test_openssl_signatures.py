@@ -78,7 +78,8 @@ def test_signature_stops_verifying_when_its_key_is_removed_from_the_file(tmp_pat
     manifest.write_bytes(raw)
     sig = openssl_sign(kind, keys, manifest)
     trusted = tmp_path / "update.pub"
-    trusted.write_bytes(b"".join(pub.read_bytes() for name, (_, pub) in keys.items() if name != SIGN[kind][0]))
+    others = [pub for name, (_, pub) in keys.items() if name != SIGN[kind][0]]
+    trusted.write_bytes(b"".join(pub.read_bytes() for pub in others))
     with pytest.raises(BadSignatureError) as caught:
         verify_signature(raw, sig, load_trusted_keys(str(trusted)))
     assert caught.value.code == "D4002"
@@ -93,7 +94,8 @@ def test_release_sign_output_verifies_with_openssl(tmp_path, keys) -> None:
     for name, (priv, pub) in keys.items():
         for pss in ((False, True) if name == "rsa" else (False,)):
             out = tmp_path / f"{name}-{pss}"
-            make_release(str(priv), "agent", "2.0.0", str(package), str(out), parse_expires("1d"), rsa_pss=pss)
+            make_release(str(priv), "agent", "2.0.0", str(package), str(out), parse_expires("1d"),
+                         rsa_pss=pss)
             sig = out / "sig.bin"
             sig.write_bytes(base64.b64decode((out / "manifest.json.sig").read_bytes()))
             m = str(out / "manifest.json")
