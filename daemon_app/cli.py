@@ -226,5 +226,92 @@ def run_cmd(obj: Ctx) -> None:
     sys.exit(engine.run_forever())
 
 
+# --- update / rollback --------------------------------------------------------------------------
+
+def _running_daemon(work_dir: str) -> str | None:
+    """The pid of a daemon holding <work_dir>/daemon.lock, or None."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(work_dir, "daemon.lock"), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+
+
+def _direct_mode(cfg: config_mod.Config) -> None:
+    """Act on the files ourselves (under the update flock), unless a daemon owns them right now."""
+    pid = _running_daemon(cfg.daemon.work_dir)
+    if pid:
+        click.echo(f"D4003 update: a daemon (pid {pid}) is running with {cfg.daemon.work_dir}; "
+                   "ask it (control socket) or stop it first", err=True)
+        sys.exit(1)
+
+
+def _echo_progress(state: str, percent: float = 0.0, message: str = "", result: Any = None) -> None:
+    if state == "downloading" and not message:
+        click.echo(f"\r{state} {percent:5.1f}%", nl=False, err=True)
+        return
+    click.echo(f"{state}{': ' + message if message else ''}", err=True)
+
+
+def _finish_result(result: Any) -> None:
+    click.echo(json.dumps(result.to_dict()))
+    sys.exit(0 if result.success else 1)
+
+
+@main.command("update")
+@click.option("--component", required=True, type=click.Choice(["agent", "daemon"]))
+@click.option("--file", "file_", type=click.Path(dir_okay=False), help="Local package file.")
+@click.option("--url", help="https:// URL of the package (mutual TLS with manager.tls.*).")
+@click.option("--manifest", "manifest_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Directory holding manifest.json and manifest.json.sig.")
+@click.pass_obj
+def update_cmd(obj: Ctx, component: str, file_: str | None, url: str | None, manifest_dir: str) -> None:
+    """Verify and install a signed release of the Agent or the daemon.
+
+    Checks, in order: signature, expiry, component, version floor, then the package's size and
+    SHA-256; backs up the installed file and swaps it atomically. Prints the UpdateResult as JSON;
+    exits 0 on success (also when that version is already installed), 1 with its D4xxx code otherwise.
+    """
+    from daemon_app import logs, plugins
+    from daemon_app.update.flow import UpdateRequest, run_update
+
+    if bool(file_) == bool(url):
+        raise click.UsageError("give exactly one of --file or --url")
+    cfg = obj.load()
+    logs.setup("warning", "", stderr=True)
+    _direct_mode(cfg)
+    try:
+        request = UpdateRequest.from_dir(component, manifest_dir, url=url or "", file=file_ or "")
+    except DaemonError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    _finish_result(run_update(cfg, request, _echo_progress, plugins=plugins.load_all(cfg)))
+
+
+@main.command("rollback")
+@click.option("--component", required=True, type=click.Choice(["agent", "daemon"]))
+@click.pass_obj
+def rollback_cmd(obj: Ctx, component: str) -> None:
+    """Restore the newest backup of a component on purpose (the version floor is kept).
+
+    Prints the UpdateResult as JSON; exits 1 with D4004 when there is no backup or restoring fails.
+    """
+    from daemon_app import logs
+    from daemon_app.update.flow import Updater
+
+    cfg = obj.load()
+    logs.setup("warning", "", stderr=True)
+    _direct_mode(cfg)
+    _finish_result(Updater(cfg).rollback(component, _echo_progress))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,323 @@
+"""Daemon self-update: swap daemon.pyz in one rename, exec into it, and let a watcher that is not the
+new code put the old pyz back unless the new daemon commits in time.
+
+Sequence (docs/updates.md has the picture):
+  1. pending marker <work_dir>/update/pending.json: backup, target, new/old version, deadline, pid
+  2. the watcher starts: a standalone stdlib script written by the OLD code to <work_dir>/update/
+  3. swap daemon.pyz (same-directory temp + fsync + os.replace)
+  4. os.execv into the new pyz: same pid (systemd Type=notify keeps tracking it; the new daemon
+     sends READY=1 again)
+  5. the new daemon starts, recover() sees the pending marker with its own pid and reports
+     `watching`; once registered with the Manager and one report acknowledged the engine calls
+     `commit_pending_update(work_dir)`: marker -> committed, floor raised, the watcher exits
+  6. otherwise, at the deadline or when that pid dies, the watcher kills what is left, restores the
+     previous pyz and starts it (under systemd it leaves the start to `Restart=always`); the old
+     daemon's recover() then reports `rolled_back` with the watcher's reason.
+Marker transitions (commit vs. roll back) take an flock on pending.json.lock, so exactly one wins.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+from daemon_app.update import fsutil, install
+from daemon_app.update.errors import InstallError, SelfUpdateUnavailableError
+from daemon_app.update.state import Journal, UpdateState, update_dir
+from daemon_app.update.targets import FileTarget, InstallContext
+
+log = logging.getLogger(__name__)
+
+PENDING, COMMITTED, ROLLED_BACK, ABORTED = "pending", "committed", "rolled_back", "aborted"
+
+WATCHER_SOURCE = r'''"""daemon.pyz self-update watcher, written by the previous daemon (stdlib only).
+
+Usage: python3 watcher.py PENDING_JSON. Exits when the marker is committed; restores the previous
+pyz when the deadline passes or the daemon pid dies first.
+"""
+import fcntl, json, os, signal, subprocess, sys, time
+
+MARKER = sys.argv[1]
+
+
+def read():
+    try:
+        with open(MARKER, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def write(data):
+    tmp = MARKER + ".watcher.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, MARKER)
+    fsync_dir(os.path.dirname(MARKER))
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def proc_start(pid):
+    """(start time, state) of pid, so a reused pid is not mistaken for the daemon."""
+    try:
+        with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[19], fields[0]
+    except (OSError, IndexError):
+        return None, None
+
+
+def alive(m):
+    start, state = proc_start(m["pid"])
+    return start is not None and start == m["pid_start"] and state not in ("Z", "X")
+
+
+def restore(m):
+    target, backup = m["target"], m["backup"]
+    directory = os.path.dirname(target)
+    tmp = os.path.join(directory, "." + os.path.basename(target) + ".update-watcher.tmp")
+    with open(backup, "rb") as src, open(tmp, "wb") as dst:
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.chmod(tmp, m.get("mode", 0o755))
+    os.replace(tmp, target)
+    fsync_dir(directory)
+
+
+def stop(pid, grace):
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if proc_start(pid)[1] in ("Z", "X"):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main():
+    while True:
+        m = read()
+        if not m or m.get("status") != "pending":
+            return 0
+        dead, late = not alive(m), time.time() > m["deadline"]
+        if dead or late:
+            break
+        time.sleep(0.1)
+    with open(MARKER + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        m = read()
+        if not m or m.get("status") != "pending":
+            return 0
+        if alive(m):
+            reason = "the new daemon did not become healthy within %ss" % m.get("deadline_s")
+            stop(m["pid"], 10.0)
+        else:
+            reason = "the new daemon (pid %s) exited before it became healthy" % m["pid"]
+        restore(m)
+        m.update(status="rolled_back", reason=reason, rolled_back_at=time.time())
+        write(m)
+    print("watcher: %s; restored %s" % (reason, m["backup"]), flush=True)
+    if not m.get("systemd"):
+        subprocess.Popen([m["python"], m["target"]] + m["args"], start_new_session=True, cwd="/",
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return 0
+
+
+sys.exit(main())
+'''
+
+
+def marker_path(work_dir: str) -> str:
+    return os.path.join(update_dir(work_dir), "pending.json")
+
+
+def read_marker(work_dir: str) -> dict[str, Any] | None:
+    data = fsutil.read_json(marker_path(work_dir))
+    return data if isinstance(data, dict) else None
+
+
+@contextmanager
+def _marker_lock(work_dir: str) -> Iterator[None]:
+    with open(marker_path(work_dir) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def process_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def start_watcher(work_dir: str) -> int:
+    """Write the watcher script (this code's copy) and start it detached; return its pid."""
+    directory = update_dir(work_dir)
+    script = os.path.join(directory, "watcher.py")
+    fsutil.write_atomic(script, WATCHER_SOURCE.encode(), 0o600)
+    log_file = open(os.path.join(directory, "watcher.log"), "ab")
+    with log_file:
+        proc = subprocess.Popen([sys.executable, "-I", script, marker_path(work_dir)], start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd="/",
+                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    return proc.pid
+
+
+def exec_into(pyz: str, args: list[str] | None = None) -> NoReturn:
+    """Become the new daemon: same pid, same arguments, the new file."""
+    argv = [sys.executable, pyz, *(sys.argv[1:] if args is None else args)]
+    logging.shutdown()
+    os.execv(sys.executable, argv)
+
+
+def commit_pending_update(work_dir: str, *, backup_dir: str | None = None,
+                          max_backups: int | None = None) -> dict[str, Any] | None:
+    """Called by the new daemon once it is registered and a report was acknowledged: make the
+    self-update permanent. Returns the UpdateResult dict to report, or None if nothing was pending
+    (or the watcher had already rolled back)."""
+    with _marker_lock(work_dir):
+        marker = read_marker(work_dir)
+        if not marker or marker.get("status") != PENDING:
+            return None
+        marker.update(status=COMMITTED, committed_at=time.time())
+        fsutil.write_json(marker_path(work_dir), marker)
+    version, old = marker["new_version"], marker.get("old_version") or ""
+    UpdateState(work_dir).record("daemon", "install", version, raise_floor=True, old_version=old)
+    if backup_dir and max_backups:
+        install.prune_backups(backup_dir, "daemon", max_backups)
+    Journal(work_dir).clear()
+    fsutil.unlink_quietly(marker_path(work_dir))
+    log.info("daemon self-update to %s committed", version)
+    return {"component": "daemon", "success": True, "old_version": old, "new_version": version,
+            "error": "", "rolled_back": False}
+
+
+def under_systemd() -> bool:
+    return bool(os.environ.get("INVOCATION_ID"))
+
+
+class DaemonTarget(FileTarget):
+    """daemon.pyz. With `restart` (inside a running daemon) it does the marker/watcher/exec dance;
+    without it (the CLI while no daemon runs) replacing the file is all there is to do."""
+
+    def __init__(self, cfg: Any, state: UpdateState, restart: Callable[[], None] | None = None) -> None:
+        from daemon_app import buildinfo
+
+        running = buildinfo.pyz_path()
+        path = cfg.update.daemon_path or running
+        if not path:
+            raise SelfUpdateUnavailableError(
+                "self-update: not running from a pyz and update.daemon_path is empty")
+        self._running_this = bool(running) and os.path.realpath(running) == os.path.realpath(path)
+        super().__init__("daemon", path, lambda: state.installed("daemon"))
+        self.cfg = cfg
+        self.work_dir = cfg.daemon.work_dir
+        self.restart = restart
+
+    def current_version(self) -> str | None:
+        if self._running_this:
+            from daemon_app import __version__
+
+            return __version__
+        return super().current_version()
+
+    def apply(self, ctx: InstallContext) -> str:
+        if self.restart is None:
+            ctx.swap()
+            return f"{self.path} replaced; no daemon is running, {ctx.version} runs from its next start"
+        if not ctx.backup_path:
+            raise InstallError(f"self-update: {self.path} has no backup to fall back on")
+        deadline_s = self.cfg.update.self_update_deadline
+        marker = {
+            "status": PENDING, "target": os.path.abspath(self.path), "backup": ctx.backup_path,
+            "new_version": ctx.version, "old_version": ctx.old_version, "sha256": ctx.sha256,
+            "deadline": time.time() + deadline_s, "deadline_s": deadline_s,
+            "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+            "python": sys.executable, "args": sys.argv[1:], "systemd": under_systemd(),
+            "mode": os.stat(self.path).st_mode & 0o7777,
+        }
+        fsutil.write_json(marker_path(self.work_dir), marker)
+        marker["watcher_pid"] = start_watcher(self.work_dir)
+        fsutil.write_json(marker_path(self.work_dir), marker)
+        try:
+            ctx.swap()
+        except BaseException:
+            self._abort()
+            raise
+        ctx.progress("restarting", message=f"restarting into daemon {ctx.version}")
+        self.restart()
+        self._abort()
+        raise InstallError("self-update: the restart returned instead of replacing the process")
+
+    def _abort(self) -> None:
+        with _marker_lock(self.work_dir):
+            marker = read_marker(self.work_dir)
+            if marker and marker.get("status") == PENDING:
+                marker["status"] = ABORTED
+                fsutil.write_json(marker_path(self.work_dir), marker)
+
+    def resume(self, ctx: InstallContext) -> bool | None:
+        marker = read_marker(self.work_dir)
+        if marker is None:
+            return super().resume(ctx)
+        status = marker.get("status")
+        if status == COMMITTED:
+            fsutil.unlink_quietly(marker_path(self.work_dir))
+            return True
+        if status != PENDING:
+            ctx.extra["reason"] = marker.get("reason", f"self-update {status}")
+            fsutil.unlink_quietly(marker_path(self.work_dir))
+            return False
+        self._adopt_watch(marker)
+        ctx.progress("watching", message=f"daemon {ctx.version} running; waiting for the Manager before "
+                                          f"{time.strftime('%H:%M:%S', time.localtime(marker['deadline']))}")
+        return None
+
+    def _adopt_watch(self, marker: dict[str, Any]) -> None:
+        """After exec the pid is ours already; after a crash and a fresh start it is not: take the
+        watch over, and start a watcher again if none is alive (e.g. after a reboot)."""
+        with _marker_lock(self.work_dir):
+            me, start = os.getpid(), process_start(os.getpid())
+            if marker.get("pid") != me or marker.get("pid_start") != start:
+                marker.update(pid=me, pid_start=start)
+                fsutil.write_json(marker_path(self.work_dir), marker)
+            watcher = marker.get("watcher_pid")
+            if not (watcher and process_start(int(watcher))):
+                marker["watcher_pid"] = start_watcher(self.work_dir)
+                fsutil.write_json(marker_path(self.work_dir), marker)
+
+    def reinstall(self, install_fn: Callable[[], None], version: str | None) -> bool:
+        install_fn()
+        return True
