@@ -289,6 +289,7 @@ class Engine:
         self.manager: Any = None  # daemon_app.comm.link.ManagerLink when manager.address is set
         self.last_report: float = 0.0
         self.reports_built = 0
+        self._stuck_reporters: dict[str, threading.Thread] = {}
         self.state = "starting"
         # Manager commands by type ("update", "rollback", "agent", ...): handler(command) must return
         # quickly (long work goes to its own thread, inside `engine.busy(...)`).
@@ -437,11 +438,44 @@ class Engine:
     def build_and_report(self) -> None:
         with self.busy("report"):
             report = self.build_report()
-            self.plugins.call_each("report", report=report)
+            self._call_reporters(report)
         self.last_report = time.time()
         self.reports_built += 1
         log.debug("report %d handed to the reporters: %d metric groups, %d log entries",
                   self.reports_built, len(report["metrics"]), len(report["logs"]))
+
+    def _call_reporters(self, report: dict[str, Any]) -> None:
+        """Every `report` hook in its own thread, all bounded by daemon.report_timeout: a hung
+        reporter is left behind (logged D5001, skipped while still stuck), the others go on, and
+        shutdown still waits for it as work in flight."""
+        deadline = time.monotonic() + self.cfg.daemon.report_timeout
+        started: list[tuple[str, threading.Thread]] = []
+        for name, fn in self.plugins.implementations("report"):
+            stuck = self._stuck_reporters.get(name)
+            if stuck is not None and stuck.is_alive():
+                log.error("D5001 reporter %s skipped: still busy with an earlier report", name,
+                          extra={"code": "D5001", "plugin": name})
+                continue
+            token = self.work.begin(f"report {name}")
+            thread = threading.Thread(target=self._run_reporter, args=(name, fn, report, token),
+                                      name=f"report:{name}", daemon=True)
+            thread.start()
+            started.append((name, thread))
+        for name, thread in started:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._stuck_reporters[name] = thread
+                log.error("D5001 reporter %s took longer than %gs; the round goes on without it", name,
+                          self.cfg.daemon.report_timeout, extra={"code": "D5001", "plugin": name})
+
+    def _run_reporter(self, name: str, fn: Callable[..., Any], report: dict[str, Any], token: int) -> None:
+        try:
+            fn(report=report)
+        except Exception as exc:
+            log.error("D5001 reporter %s raised: %s: %s", name, type(exc).__name__, exc,
+                      extra={"code": "D5001", "plugin": name})
+        finally:
+            self.work.end(token)
 
     def _run_due(self) -> None:
         due = self.scheduler.run_due()
