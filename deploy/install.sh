@@ -80,8 +80,12 @@ pyz_changed=no
 unit_changed=no
 install_file "$pyz_src" /opt/daemon/daemon.pyz 0755 && pyz_changed=yes
 if [ -e "$prefix/etc/daemon/daemon.yaml" ]; then
-    echo "kept       /etc/daemon/daemon.yaml (yours; the shipped reference goes to daemon.yaml.dist)"
-    install_file "$config_src" /etc/daemon/daemon.yaml.dist 0644 || true
+    if cmp -s "$config_src" "$prefix/etc/daemon/daemon.yaml"; then
+        echo "unchanged  /etc/daemon/daemon.yaml"
+    else
+        echo "kept       /etc/daemon/daemon.yaml (yours; the shipped reference goes to daemon.yaml.dist)"
+        install_file "$config_src" /etc/daemon/daemon.yaml.dist 0644 || true
+    fi
 else
     install_file "$config_src" /etc/daemon/daemon.yaml 0640 || true
 fi

@@ -225,7 +225,8 @@ def test_reload_applies_a_valid_config_without_restart(make_engine):
                                   "collectors.disk.enabled": False})
         result = engine.reload("test")
         assert result["reloaded"] is True and result["errors"] == []
-        assert {"daemon.report_interval", "daemon.log_level", "collectors.disk.enabled"} <= set(result["changed"])
+        wanted = {"daemon.report_interval", "daemon.log_level", "collectors.disk.enabled"}
+        assert wanted <= set(result["changed"])
         assert engine.scheduler.tasks["report"].interval == 1.0
         assert engine.scheduler.tasks["report"].due <= time.monotonic() + 1.0 * 1.1
         assert "collect:disk" not in engine.scheduler.tasks
@@ -278,7 +279,7 @@ def test_second_instance_lock_on_the_same_work_dir_is_refused_with_d1003(work_di
         with pytest.raises(AlreadyRunningError) as info:
             second.acquire()
         message = str(info.value)
-        assert message.startswith("D1003 another daemon (pid %d)" % os.getpid())
+        assert message.startswith(f"D1003 another daemon (pid {os.getpid()})")
         assert "daemon.work_dir" in message
         # The refused one released what it had taken: b.pid is free again.
         third = InstanceLock(str(work_dir / "elsewhere"), str(work_dir / "b.pid"))
