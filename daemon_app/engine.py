@@ -701,6 +701,10 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         """What `daemon status` shows; safe to call from any thread. Top-level keys are stable."""
+        manager, agent = self.manager, self.agent  # a reload may swap them while we read
+        agent_section = None
+        if agent is not None:
+            agent_section = _section(lambda: {**agent.status(), **agent.agent_status()})
         out: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
@@ -709,8 +713,8 @@ class Engine:
             "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "node_id": self.node_id,
             "config": self.cfg.source,
-            "manager": _section(self.manager.status) if self.manager is not None else None,
-            "agent": _section(self._agent_status) if self.agent is not None else None,
+            "manager": _section(manager.status) if manager is not None else None,
+            "agent": agent_section,
             "collectors": {
                 name: {"last_run": rfc3339(o.started), "duration_ms": round(o.duration * 1000, 3),
                        "ok": o.ok, "error": o.error}
@@ -727,20 +731,18 @@ class Engine:
                 out[name] = _section(provider)
         return out
 
-    def _agent_status(self) -> dict[str, Any]:
-        return {**self.agent.status(), **self.agent.agent_status()}
-
     def status_line(self) -> str:
         """One short line for systemd's STATUS=: what a glance at `systemctl status` should tell."""
         parts = [self.state]
-        if self.manager is not None:
-            m = _section(self.manager.status) or {}
+        manager, agent = self.manager, self.agent
+        if manager is not None:
+            m = _section(manager.status) or {}
             parts.append(f"manager {m.get('state', '?')}")
             parts.append(f"outbox {m.get('outbox_depth', '?')}")
         else:
             parts.append("stand-alone")
-        if self.agent is not None:
-            parts.append(f"agent {(_section(self.agent.agent_status) or {}).get('state', '?')}")
+        if agent is not None:
+            parts.append(f"agent {(_section(agent.agent_status) or {}).get('state', '?')}")
         parts.append(f"reports {self.reports_built}")
         return "; ".join(parts)
 
