@@ -34,3 +34,13 @@ def test_a_second_daemon_on_the_same_work_dir_or_pid_file_refuses(ops_dir, daemo
     assert first.proc.poll() is None
     assert first.stop() == 0
     assert (first_dir / "daemon.pid").read_text() == ""
+
+
+def test_an_unusable_control_socket_path_stops_the_start_with_a_config_error(ops_dir):
+    raw = stand_alone(ops_dir, daemon={"control_socket": str(ops_dir / ("s" * 120))})
+    result = cli("-c", write(ops_dir, raw), "run")
+    assert result.returncode == 2
+    assert "D1002 config: daemon.control_socket:" in result.stderr
+    assert "a Unix socket path must be at most 107" in result.stderr
+    # Nothing is left locked: the same work_dir starts fine afterwards.
+    assert (ops_dir / "daemon.pid").read_text() == ""

@@ -71,3 +71,15 @@ def test_no_key_body_reaches_the_file_the_ring_or_an_exception_trace(logfile):
 def test_redact_leaves_ordinary_text_alone():
     assert logs.redact("key file /etc/daemon/certs/client.key") == "key file /etc/daemon/certs/client.key"
     assert logs.redact("a " + PEM + " b") == "a [redacted PEM block] b"
+
+
+def test_a_key_file_given_as_config_does_not_leak_its_body(work_dir):
+    from daemon_app import config
+    from daemon_app.errors import DaemonError
+
+    key = work_dir / "client.key"
+    key.write_text(PEM + "\n")
+    with pytest.raises(DaemonError) as info:
+        config.load(key)
+    assert "MIIEvQ" not in str(info.value)
+    assert str(info.value).startswith("D1002 ")
