@@ -309,7 +309,6 @@ class Engine:
     def start(self) -> None:
         """Seed §3.1.1 steps 4-8: modules, Agent, Manager connection, registration, timed loops."""
         self._thread_ident = threading.get_ident()
-        self._install_signals()  # first: a SIGTERM during start is queued, not fatal
         work_dir = self.cfg.daemon.work_dir
         try:
             os.makedirs(work_dir, mode=0o750, exist_ok=True)
@@ -318,6 +317,7 @@ class Engine:
                 from None
         self._lock.acquire()
         try:
+            self._install_signals()  # before any service: a SIGTERM during start is queued, not fatal
             self.node_id = load_or_create_node_id(work_dir, self.cfg.daemon.id)
             log.info("daemon %s starting, node %s, config %s", __version__, self.node_id, self.cfg.source)
             self._check_previous_run()
