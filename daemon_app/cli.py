@@ -34,6 +34,10 @@ class Ctx:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_CONFIG)
 
+    def load_quiet(self) -> config_mod.Config:
+        """Load the config, raising its DaemonError instead of exiting."""
+        return config_mod.load(self.config_path)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
@@ -208,7 +212,10 @@ def run_cmd(obj: Ctx) -> None:
     Without `manager.address` it runs stand-alone: it collects on schedule and passes each report
     to the `report` hook (the built-in file reporter writes <work_dir>/reports.jsonl).
     SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the configuration; the Agent keeps running.
+    Exits 1 when another daemon already runs with the same work_dir or pid file (D1003).
     """
+    import logging
+
     from daemon_app import logs, plugins
     from daemon_app.engine import Engine
 
@@ -218,12 +225,146 @@ def run_cmd(obj: Ctx) -> None:
     try:
         engine.start()
     except DaemonError as exc:
-        import logging
-
         logging.getLogger("daemon_app").error(str(exc), extra={"code": exc.code})
+        logs.close()
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG if isinstance(exc, ConfigValidateError) else 1)
+    sys.exit(engine.run_forever())
+
+
+# --- status, reload (through the control socket of the running daemon) ---------------------------
+
+EXIT_NOT_RUNNING = 3  # like `systemctl status` for an inactive unit
+
+
+def _control_socket(obj: Ctx, override: str | None) -> str:
+    """The running daemon's control socket. Found even when the config file on disk is currently
+    broken, so `daemon reload` can still ask the daemon and show the errors it refuses."""
+    if override:
+        return override
+    try:
+        return obj.load_quiet().daemon.control_socket
+    except DaemonError:
+        pass
+    raw: Any = None
+    if obj.config_path:
+        import yaml
+
+        try:
+            with open(obj.config_path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raw = None
+    section = raw.get("daemon") if isinstance(raw, dict) else None
+    section = section if isinstance(section, dict) else {}
+    work_dir = section.get("work_dir") or config_mod.SCHEMA["daemon"]["work_dir"].default
+    sock = section.get("control_socket")
+    return sock if isinstance(sock, str) and sock else os.path.join(str(work_dir), "control.sock")
+
+
+def _ask(obj: Ctx, socket_path: str | None, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    """One control request; exit 3 when no daemon runs, 1 on any other failure."""
+    from daemon_app import control
+
+    path = _control_socket(obj, socket_path)
+    try:
+        return control.request(path, cmd, args)
+    except control.NotRunning as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+    except DaemonError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
-    sys.exit(engine.run_forever())
+
+
+_socket_option = click.option("--socket", "socket_path", metavar="PATH", type=click.Path(dir_okay=False),
+                              help="Control socket (default: daemon.control_socket from the config).")
+
+
+@main.command("status")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_socket_option
+@click.pass_obj
+def status_cmd(obj: Ctx, fmt: str, socket_path: str | None) -> None:
+    """Show the running daemon: version, uptime, node, Manager link, outbox, Agent, collectors,
+    plugins and any update in progress. Exits 3 when no daemon is running.
+    """
+    status = _ask(obj, socket_path, "status")
+    if fmt == "json":
+        click.echo(json.dumps(status, indent=2))
+    else:
+        click.echo(format_status(status))
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """The human view of `daemon status`."""
+    lines = [f"daemon {s['version']} (pid {s['pid']}) {s.get('state', '?')}, up {_ago(s['uptime_s'])}",
+             f"  node       {s['node_id']}", f"  config     {s['config']}"]
+    m = s.get("manager")
+    if m is None:
+        lines.append("  manager    none (stand-alone)")
+    else:
+        contact = m.get("last_contact")
+        lines.append(f"  manager    {m.get('address', '?')} {m.get('state', '?')}"
+                     f"{' registered' if m.get('registered') else ''}, last contact {contact or 'never'}"
+                     + (f", last error: {m['last_error']}" if m.get("last_error") else ""))
+        lines.append(f"  outbox     {m.get('outbox_depth', '?')} queued "
+                     f"({m.get('outbox_bytes', '?')} bytes), {m.get('dropped', 0)} dropped, "
+                     f"acked up to {m.get('acked_seq', '?')}")
+    a = s.get("agent")
+    if a is None:
+        lines.append("  agent      not supervised (agent.enabled: false)")
+    else:
+        version = f" version {a['version']}" if a.get("version") else ""
+        lines.append(f"  agent      {a.get('state', '?')} pid {a.get('pid') or '-'}{version}, "
+                     f"restarts {a.get('restart_count', 0)}, last exit {a.get('last_exit') or '-'}")
+    lines.append(f"  reports    {s.get('reports_built', 0)} built, last {s.get('last_report') or 'never'}")
+    lines.append("  collectors")
+    for name, c in sorted(s.get("collectors", {}).items()):
+        verdict = "ok" if c["ok"] else f"FAILED: {c['error']}"
+        lines.append(f"    {name:<12} {c['last_run']}  {c['duration_ms']:>9.3f} ms  {verdict}")
+    names = [p["name"] if isinstance(p, dict) else str(p) for p in s.get("plugins", [])]
+    lines.append(f"  plugins    {', '.join(names) or 'none'}")
+    u = s.get("update")
+    lines.append(f"  update     {json.dumps(u) if u else 'none in progress'}")
+    if s.get("in_flight"):
+        lines.append(f"  in flight  {', '.join(s['in_flight'])}")
+    return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@main.command("reload")
+@_socket_option
+@click.pass_obj
+def reload_cmd(obj: Ctx, socket_path: str | None) -> None:
+    """Make the running daemon re-read its config file (like SIGHUP) and print the outcome.
+
+    Exits 0 when the new config is in force, 1 when it was refused (the errors are printed and the
+    old config stays in force), 3 when no daemon is running.
+    """
+    result = _ask(obj, socket_path, "reload")
+    if result.get("reloaded"):
+        changed = ", ".join(result.get("changed") or []) or "no changes"
+        click.echo(f"reloaded {result.get('config')}: {changed}")
+        if result.get("restart_required"):
+            click.echo("takes effect at the next restart: " + ", ".join(result["restart_required"]))
+        return
+    click.echo(f"reload refused; the running configuration stays in force ({result.get('config')}):",
+               err=True)
+    for line in result.get("errors") or []:
+        click.echo(f"  {line}", err=True)
+    sys.exit(1)
 
 
 # --- update / rollback --------------------------------------------------------------------------

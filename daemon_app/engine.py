@@ -1,37 +1,50 @@
-"""The engine: start order (seed §3.1.1), the timed loops (seed §2.3), and graceful shutdown (§3.1.2).
+"""The engine: start order (seed §3.1.1), the timed loops (seed §2.3), reload, graceful shutdown (§3.1.2).
 
 One thread (the main one) owns the schedule. Signal handlers only enqueue; the loop handles
-what they asked for. Long-lived modules (Agent supervisor, Manager link, control socket) are
-`Service`s: the engine starts them in order, asks them for status, and stops them in reverse.
+what they asked for. Long-lived modules (Agent supervisor, Manager link) are `Service`s: the
+engine starts them in order, asks them for status, reloads them, and stops them in reverse.
+Work that runs outside the engine's thread (an update, a command handler's worker) says so with
+`engine.busy(what)`, so shutdown waits for it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import fcntl
 import heapq
+import json
 import logging
 import os
 import queue
 import random
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from daemon_app import __version__, logs
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
-from daemon_app.errors import DaemonError
+from daemon_app.control import ControlServer
+from daemon_app.errors import AlreadyRunningError, ConfigValidateError, ControlError, DaemonError
 from daemon_app.metrics import Metrics, rfc3339
 from daemon_app.plugins import Plugins
+from daemon_app.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
 
+# Settings read once at start; a reload that changes them says a restart is needed.
+RESTART_ONLY = ("daemon.work_dir", "daemon.pid_file", "daemon.control_socket", "daemon.id",
+                "plugins.", "reporters.")
+STATUS_LINE_EVERY = 10.0
 
-class AlreadyRunning(DaemonError):
-    code = "D1001"
+
+class EngineStopping(ControlError):
+    """The engine is shutting down and takes no new work."""
 
 
 class Service(Protocol):
@@ -84,36 +97,88 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
 
 
 class InstanceLock:
-    """flock on <work_dir>/daemon.lock and on the pid file: a second daemon refuses to start."""
+    """flock on <work_dir>/daemon.lock and on the pid file: a second daemon refuses to start.
+
+    The lock dies with the process (even on kill -9), so a stale file never blocks a new daemon.
+    """
 
     def __init__(self, work_dir: str, pid_file: str) -> None:
-        self.paths = [os.path.join(work_dir, "daemon.lock")]
+        self.paths = [(os.path.join(work_dir, "daemon.lock"), "daemon.work_dir")]
         if pid_file:
-            self.paths.append(pid_file)
+            self.paths.append((pid_file, "daemon.pid_file"))
         self._fds: list[int] = []
 
     def acquire(self) -> None:
-        for path in self.paths:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        for path, setting in self.paths:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                self.release()
+                raise ConfigValidateError([f"{setting}: cannot open {path}: {exc.strerror or exc}"]) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 self.release()
-                raise AlreadyRunning(
-                    f"another daemon (pid {holder}) already runs with {path}; stop it first"
+                raise AlreadyRunningError(
+                    f"another daemon (pid {holder}) is already running with {setting} {path}; "
+                    "stop it first (systemctl stop daemon) or give this one its own work_dir and pid_file"
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            os.set_inheritable(fd, False)
             self._fds.append(fd)
 
     def release(self) -> None:
+        """Empty the files before unlocking, so nobody reads a pid that may be reused later."""
         for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             os.close(fd)
         self._fds.clear()
+
+
+class WorkTracker:
+    """Work in flight (a collection, a report, an update thread): shutdown waits until it is done."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: dict[int, str] = {}
+        self._seq = 0
+        self.closed = False
+
+    def begin(self, what: str) -> int:
+        with self._cond:
+            if self.closed:
+                raise EngineStopping(f"the daemon is stopping; not starting {what}")
+            self._seq += 1
+            self._active[self._seq] = what
+            return self._seq
+
+    def end(self, token: int) -> None:
+        with self._cond:
+            self._active.pop(token, None)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+
+    def active(self) -> list[str]:
+        with self._cond:
+            return list(self._active.values())
+
+    def wait_idle(self, deadline: float, tick: Callable[[], None], tick_every: float) -> list[str]:
+        """Block until nothing is in flight or the deadline passes; call `tick` now and then."""
+        with self._cond:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, tick_every))
+                tick()
+            return list(self._active.values())
 
 
 @dataclass(order=True)
@@ -124,6 +189,7 @@ class _Task:
     interval: float = field(compare=False)
     fn: Callable[[], None] = field(compare=False)
     jitter: float = field(compare=False, default=0.0)
+    base: float = field(compare=False, default=0.0)  # the planned time before jitter
     cancelled: bool = field(compare=False, default=False)
 
 
@@ -137,9 +203,23 @@ class Scheduler:
 
     def every(self, name: str, interval: float, fn: Callable[[], None], *, first: float = 0.0,
               jitter: float = 0.0) -> None:
-        self.cancel(name)
+        """Run `fn` every `interval` s (plus up to `jitter`*interval), the first time after `first` s.
+
+        Re-registering a task keeps its phase: a shorter interval applies at once, a longer one from
+        the next run, so a reload does not trigger every task immediately.
+        """
+        now = time.monotonic()
+        old = self.tasks.get(name)
+        if old is not None:
+            if old.interval == interval and old.jitter == jitter:
+                old.fn = fn
+                return
+            base = min(old.base, now + interval)
+            self.cancel(name)
+        else:
+            base = now + first
         self._seq += 1
-        task = _Task(time.monotonic() + first, self._seq, name, interval, fn, jitter)
+        task = _Task(base, self._seq, name, interval, fn, jitter, base)
         self.tasks[name] = task
         heapq.heappush(self._heap, task)
 
@@ -148,108 +228,202 @@ class Scheduler:
         if task is not None:
             task.cancelled = True
 
+    def clear(self) -> None:
+        for name in list(self.tasks):
+            self.cancel(name)
+
     def next_due(self) -> float | None:
         while self._heap and self._heap[0].cancelled:
             heapq.heappop(self._heap)
         return self._heap[0].due if self._heap else None
 
     def run_due(self) -> list[_Task]:
+        """Pop the tasks that are due and reschedule them; the caller runs them."""
         now = time.monotonic()
         ran = []
         while self._heap and (self._heap[0].cancelled or self._heap[0].due <= now):
             task = heapq.heappop(self._heap)
-            if task.cancelled:
-                continue
-            ran.append(task)
+            if not task.cancelled:
+                ran.append(task)
         for task in ran:
-            # Reschedule from the planned time so intervals do not drift; skip missed beats.
-            spread = task.interval * task.jitter * random.random()
-            task.due = max(task.due + task.interval, now) + spread
+            # From the planned time, so intervals do not drift; missed beats are skipped, not caught
+            # up; jitter spreads a fleet without accumulating.
+            task.base = max(task.base + task.interval, now)
+            task.due = task.base + task.interval * task.jitter * random.random()
             heapq.heappush(self._heap, task)
         return ran
+
+
+class _Request:
+    """A callable posted to the engine's thread whose caller waits on the result."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def __call__(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as exc:
+            self.future.set_exception(exc)
 
 
 class Engine:
     """Owns the daemon's life: start order, scheduling, reload, shutdown."""
 
-    def __init__(self, cfg: Config, plugins: Plugins) -> None:
+    def __init__(self, cfg: Config, plugins: Plugins, *, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.plugins = plugins
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
         self.started_at = time.time()
+        self._started_mono = time.monotonic()
         self.node_id = ""
         self.runner = CollectorRunner()
         self.scheduler = Scheduler()
+        self.work = WorkTracker()
         self.latest: dict[str, Metrics] = {}
         self.services: list[Service] = []
         self.agent: Any = None  # daemon_app.agent.supervisor.AgentSupervisor when enabled
         self.manager: Any = None  # daemon_app.comm.link.ManagerLink when manager.address is set
         self.last_report: float = 0.0
         self.reports_built = 0
+        self._stuck_reporters: dict[str, threading.Thread] = {}
         self.state = "starting"
-        # Manager commands by type ("update", "rollback", "agent", ...): handler(command, progress)
-        # must return quickly (long work goes to its own thread). Services register their own.
+        # Manager commands by type ("update", "rollback", "agent", ...): handler(command) must return
+        # quickly (long work goes to its own thread, inside `engine.busy(...)`).
         self.command_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
+        # Extra top-level sections of `daemon status` (e.g. "update"), each a callable -> dict | None.
+        self.status_providers: dict[str, Callable[[], dict[str, Any] | None]] = {}
+        self.control = ControlServer(cfg.daemon.control_socket, self.call)
+        self.control.register("status", lambda args: self.status(), on_engine_thread=False)
+        self.control.register("reload", lambda args: self.reload("control socket"), timeout=120.0)
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._lock = InstanceLock(cfg.daemon.work_dir, cfg.daemon.pid_file)
-        self._stopping = False
+        self._thread_ident = threading.get_ident()
+        self._old_signals: dict[int, Any] = {}
 
     # --- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Seed §3.1.1 steps 4-8: modules, Agent, Manager connection, registration, timed loops."""
-        os.makedirs(self.cfg.daemon.work_dir, mode=0o750, exist_ok=True)
+        self._thread_ident = threading.get_ident()
+        work_dir = self.cfg.daemon.work_dir
+        try:
+            os.makedirs(work_dir, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise ConfigValidateError([f"daemon.work_dir: cannot create {work_dir}: {exc.strerror}"]) \
+                from None
         self._lock.acquire()
-        self.node_id = load_or_create_node_id(self.cfg.daemon.work_dir, self.cfg.daemon.id)
-        log.info("daemon %s starting, node %s, config %s", __version__, self.node_id, self.cfg.source)
-        for service in self._build_services():
-            service.start()
-            self.services.append(service)
-        self._schedule()
+        try:
+            self._install_signals()  # before any service: a SIGTERM during start is queued, not fatal
+            self.node_id = load_or_create_node_id(work_dir, self.cfg.daemon.id)
+            log.info("daemon %s starting, node %s, config %s", __version__, self.node_id, self.cfg.source)
+            self._check_previous_run()
+            # Before any service thread exists: the control socket's umask is process-wide.
+            self.control.start()
+            for service in self._build_services(self.cfg):
+                self._start_service(service)
+            self._schedule()
+        except BaseException:
+            self._abort_start()
+            raise
         self.state = "running"
 
-    def _build_services(self) -> list[Service]:
+    def _build_services(self, cfg: Config) -> list[Service]:
         """In start order: Agent first (it must not wait on the network), then the Manager link."""
         services: list[Service] = []
-        if self.cfg.agent.enabled:
+        if cfg.agent.enabled and self.agent is None:
             from daemon_app.agent.supervisor import AgentSupervisor
 
-            self.agent = AgentSupervisor(self.cfg, self)
+            self.agent = AgentSupervisor(cfg, self)
             services.append(self.agent)
-        if self.cfg.manager.address:
+        if cfg.manager.address and self.manager is None:
             from daemon_app.comm.link import ManagerLink
 
-            self.manager = ManagerLink(self.cfg, self)
+            self.manager = ManagerLink(cfg, self)
             self.plugins.register(self.manager, "manager-reporter", version=__version__, source="builtin")
             services.append(self.manager)
         return services
 
+    def _start_service(self, service: Service) -> None:
+        service.start()
+        self.services.append(service)
+
+    def _abort_start(self) -> None:
+        deadline = time.monotonic() + min(5.0, self.cfg.daemon.shutdown_timeout)
+        for service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                service.stop(deadline)
+        self.services.clear()
+        self.control.stop()
+        self._lock.release()
+        self._restore_signals()
+
+    def _state_path(self) -> str:
+        return os.path.join(self.cfg.daemon.work_dir, "daemon.state.json")
+
+    def _check_previous_run(self) -> None:
+        """Say so when the last daemon did not stop cleanly (crash, kill -9, power loss)."""
+        try:
+            with open(self._state_path(), encoding="utf-8") as fh:
+                previous = json.load(fh)
+        except (OSError, ValueError):
+            previous = None
+        if isinstance(previous, dict) and not previous.get("clean", True):
+            log.warning("the previous daemon (pid %s, started %s) did not shut down cleanly",
+                        previous.get("pid"), previous.get("started_at"))
+        self._save_state(clean=False)
+
+    def _save_state(self, *, clean: bool) -> None:
+        state = {"pid": os.getpid(), "version": __version__, "started_at": rfc3339(self.started_at),
+                 "stopped_at": rfc3339() if clean else None, "clean": clean,
+                 "reports_built": self.reports_built}
+        try:
+            write_atomic(self._state_path(), json.dumps(state) + "\n")
+        except OSError as exc:
+            log.warning("cannot save %s: %s", self._state_path(), exc)
+
     def _schedule(self) -> None:
-        for name, fn in self.plugins.implementations("collect"):
+        for name, _fn in self.plugins.implementations("collect"):
             ccfg = self.cfg.collector(name)
             if not ccfg.enabled:
                 self.scheduler.cancel(f"collect:{name}")
                 continue
-            self.scheduler.every(f"collect:{name}", ccfg.interval,
-                                 lambda n=name, f=fn: self.collect([(n, f)]))
-        # The first report waits one collection so it carries data.
+            self.scheduler.every(f"collect:{name}", ccfg.interval, lambda n=name: self.collect_named([n]))
+        # The first report waits for the first collections so it carries data.
         report_every = self.cfg.daemon.report_interval
         self.scheduler.every("report", report_every, self.build_and_report,
                              first=min(report_every, 0.2), jitter=self.cfg.manager.jitter)
+        ping = watchdog_interval()
+        if self.notifier.enabled and ping:
+            # Pinged from this loop on purpose: a stuck loop stops pinging and systemd restarts us.
+            self.scheduler.every("watchdog", ping, self.notifier.watchdog)
+        if self.notifier.enabled:
+            self.scheduler.every("status-line", STATUS_LINE_EVERY, self._notify_status,
+                                 first=STATUS_LINE_EVERY)
 
     # --- loops ---------------------------------------------------------------------------------
 
     def collect(self, which: list[tuple[str, Callable[..., Any]]] | None = None) -> list[Any]:
+        """Run collectors (all enabled ones by default) in parallel, each bounded by its timeout."""
         which = which if which is not None else self.plugins.implementations("collect")
         calls = []
         for name, fn in which:
             ccfg = self.cfg.collector(name)
             if ccfg.enabled:
                 calls.append((name, fn, ccfg, ccfg.timeout))
-        outcomes = self.runner.run(calls)
+        with self.busy("collect " + ",".join(c[0] for c in calls)):
+            outcomes = self.runner.run(calls)
         for outcome in outcomes:
             for metrics in outcome.metrics:
                 self.latest[metrics.name] = metrics
         return outcomes
+
+    def collect_named(self, names: list[str]) -> list[Any]:
+        wanted = set(names)
+        return self.collect([(n, f) for n, f in self.plugins.implementations("collect") if n in wanted])
 
     def build_report(self) -> dict[str, Any]:
         report: dict[str, Any] = {
@@ -262,36 +436,123 @@ class Engine:
         return report
 
     def build_and_report(self) -> None:
-        report = self.build_report()
-        self.plugins.call_each("report", report=report)
+        with self.busy("report"):
+            report = self.build_report()
+            self._call_reporters(report)
         self.last_report = time.time()
         self.reports_built += 1
+        log.debug("report %d handed to the reporters: %d metric groups, %d log entries",
+                  self.reports_built, len(report["metrics"]), len(report["logs"]))
 
-    # --- commands from signals, the control socket and services --------------------------------
+    def _call_reporters(self, report: dict[str, Any]) -> None:
+        """Every `report` hook in its own thread, all bounded by daemon.report_timeout: a hung
+        reporter is left behind (logged D5001, skipped while still stuck), the others go on, and
+        shutdown still waits for it as work in flight."""
+        deadline = time.monotonic() + self.cfg.daemon.report_timeout
+        started: list[tuple[str, threading.Thread]] = []
+        for name, fn in self.plugins.implementations("report"):
+            stuck = self._stuck_reporters.get(name)
+            if stuck is not None and stuck.is_alive():
+                log.error("D5001 reporter %s skipped: still busy with an earlier report", name,
+                          extra={"code": "D5001", "plugin": name})
+                continue
+            token = self.work.begin(f"report {name}")
+            thread = threading.Thread(target=self._run_reporter, args=(name, fn, report, token),
+                                      name=f"report:{name}", daemon=True)
+            thread.start()
+            started.append((name, thread))
+        for name, thread in started:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._stuck_reporters[name] = thread
+                log.error("D5001 reporter %s took longer than %gs; the round goes on without it", name,
+                          self.cfg.daemon.report_timeout, extra={"code": "D5001", "plugin": name})
+
+    def _run_reporter(self, name: str, fn: Callable[..., Any], report: dict[str, Any], token: int) -> None:
+        try:
+            fn(report=report)
+        except Exception as exc:
+            log.error("D5001 reporter %s raised: %s: %s", name, type(exc).__name__, exc,
+                      extra={"code": "D5001", "plugin": name})
+        finally:
+            self.work.end(token)
+
+    def _run_due(self) -> None:
+        due = self.scheduler.run_due()
+        # Collectors due together run in one parallel round, before a report due at the same time.
+        batch = [t.name.split(":", 1)[1] for t in due if t.name.startswith("collect:")]
+        if batch:
+            self._safe("collect", lambda: self.collect_named(batch))
+        for task in due:
+            if not task.name.startswith("collect:"):
+                self._safe(task.name, task.fn)
+
+    # --- work in flight, commands from signals, the control socket and services ----------------
+
+    @contextlib.contextmanager
+    def busy(self, what: str) -> Iterator[None]:
+        """Mark work in flight; shutdown waits for it (up to daemon.shutdown_timeout).
+
+        Raises EngineStopping when the daemon is already stopping: start no new work then.
+        """
+        token = self.work.begin(what)
+        try:
+            yield
+        finally:
+            self.work.end(token)
 
     def post(self, command: str, arg: Any = None) -> None:
-        """Thread- and signal-safe: ask the engine's loop to do something."""
+        """Thread- and signal-safe: ask the engine's loop to do something ("call", fn) / "reload" / "stop"."""
         self._commands.put((command, arg))
 
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run `fn` on the engine's thread and return its result (or raise its exception)."""
+        if threading.get_ident() == self._thread_ident:
+            return fn()
+        if self.work.closed:
+            raise EngineStopping("the daemon is stopping; request refused")
+        request = _Request(fn)
+        self.post("call", request)
+        return request.future.result(timeout)
+
     def dispatch_command(self, command: dict[str, Any]) -> bool:
-        """Route a Manager command ({"id", "type", ...}) to its handler; False if none knows it."""
-        handler = self.command_handlers.get(command.get("type", ""))
+        """Route a Manager command ({"id", "type", ...}) to its handler; False if none takes it."""
+        kind = command.get("type", "")
+        handler = self.command_handlers.get(kind)
         if handler is None:
-            log.warning("no handler for command type %r (id %s)", command.get("type"), command.get("id"))
+            log.warning("no handler for command type %r (id %s)", kind, command.get("id"))
             return False
-        handler(command)
+        try:
+            with self.busy(f"command {kind} {command.get('id', '')}".strip()):
+                handler(command)
+        except EngineStopping:
+            log.warning("command %s (id %s) refused: the daemon is stopping", kind, command.get("id"))
+            return False
         return True
 
+    def add_status(self, name: str, provider: Callable[[], dict[str, Any] | None]) -> None:
+        """Show `provider()` under `name` in `daemon status` (e.g. the updater under "update")."""
+        self.status_providers[name] = provider
+
     def _install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.post("stop", "SIGTERM"))
-        signal.signal(signal.SIGINT, lambda *_: self.post("stop", "SIGINT"))
-        signal.signal(signal.SIGHUP, lambda *_: self.post("reload", "SIGHUP"))
+        if threading.current_thread() is not threading.main_thread():
+            return
+        handlers = {signal.SIGTERM: lambda *_: self.post("stop", "SIGTERM"),
+                    signal.SIGINT: lambda *_: self.post("stop", "SIGINT"),
+                    signal.SIGHUP: lambda *_: self.post("reload", "SIGHUP")}
+        for signum, handler in handlers.items():
+            self._old_signals[signum] = signal.signal(signum, handler)
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._old_signals.items():
+            signal.signal(signum, handler)
+        self._old_signals.clear()
 
     def run_forever(self) -> int:
-        """Seed §3.1.1 step 9: wait for work or a signal. Returns the process exit code."""
-        self._install_signals()
-        exit_code = 0
-        while not self._stopping:
+        """Seed §3.1.1 step 9: wait for work or a signal, then shut down. Returns the exit code."""
+        self.notifier.ready(self.status_line())
+        log.info("daemon ready")
+        while True:
             due = self.scheduler.next_due()
             timeout = None if due is None else max(0.0, due - time.monotonic())
             try:
@@ -300,70 +561,209 @@ class Engine:
                 command, arg = "", None
             if command == "stop":
                 log.info("stopping on %s", arg)
-                self._stopping = True
                 break
             if command == "reload":
-                self.reload(arg)
+                self._safe("reload", lambda why=arg: self.reload(why))
             elif command == "call":
-                self._safe(arg)
-            for task in self.scheduler.run_due():
-                self._safe(task.fn)
-        self.shutdown()
-        return exit_code
+                self._safe("call", arg)
+            self._run_due()
+        return self.shutdown()
 
-    def _safe(self, fn: Callable[[], Any]) -> None:
+    def _safe(self, what: str, fn: Callable[[], Any]) -> None:
         try:
             fn()
         except Exception:
-            log.exception("engine task failed")
+            log.exception("engine task %s failed", what)
 
-    def reload(self, why: str = "") -> None:
-        """Re-read the config; keep the old one in force when the new one is invalid."""
+    # --- reload --------------------------------------------------------------------------------
+
+    def reload(self, why: str = "") -> dict[str, Any]:
+        """Re-read the config file. A valid one takes effect now; an invalid one is refused, its
+        problems logged, and the running configuration stays in force."""
+        self.notifier.reloading()
+        try:
+            return self._reload(why or "request")
+        finally:
+            self.notifier.ready(self.status_line())
+
+    def _reload(self, why: str) -> dict[str, Any]:
         from daemon_app import config as config_mod
 
+        source = self.cfg.source if self.cfg.source != "<defaults>" else None
+        result: dict[str, Any] = {"reloaded": False, "config": self.cfg.source, "errors": [],
+                                  "changed": [], "restart_required": []}
         try:
-            cfg = config_mod.load(self.cfg.source if self.cfg.source != "<defaults>" else None)
+            cfg = config_mod.load(source)
+        except ConfigValidateError as exc:
+            result["errors"] = [f"{exc.code} config: {p}" for p in exc.problems]
         except DaemonError as exc:
-            log.error("reload refused, the running configuration stays in force: %s", exc,
-                      extra={"code": exc.code})
-            return
+            result["errors"] = [str(exc)]
+        if result["errors"]:
+            for line in result["errors"]:
+                log.error(line, extra={"code": line[:5]})
+            log.error("reload (%s) refused: the running configuration stays in force", why,
+                      extra={"code": result["errors"][0][:5]})
+            return result
+        old_flat, new_flat = _flatten(self.cfg.to_yaml_dict()), _flatten(cfg.to_yaml_dict())
+        changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
+        restart = [k for k in changed if k.startswith(RESTART_ONLY)]
+        old = self.cfg
         self.cfg = cfg
-        logs.setup(cfg.daemon.log_level, cfg.daemon.log_file, cfg.daemon.log_max_bytes,
-                   cfg.daemon.log_backups)
-        for service in self.services:
-            service.reload(cfg)
+        d_old, d_new = old.daemon, cfg.daemon
+        if (d_old.log_file, d_old.log_max_bytes, d_old.log_backups) != (
+                d_new.log_file, d_new.log_max_bytes, d_new.log_backups):
+            logs.setup(d_new.log_level, d_new.log_file, d_new.log_max_bytes, d_new.log_backups)
+        else:
+            logs.set_level(d_new.log_level)
+        self._reload_services(cfg)
         self._schedule()
-        log.info("configuration reloaded (%s)", why or "request")
+        result.update(reloaded=True, changed=changed, restart_required=restart)
+        log.info("configuration reloaded (%s): %s", why, ", ".join(changed) or "no changes")
+        if restart:
+            log.warning("these settings take effect at the next restart: %s", ", ".join(restart))
+        return result
+
+    def _reload_services(self, cfg: Config) -> None:
+        """Services follow the new config; the Agent supervisor or Manager link come and go with
+        agent.enabled and manager.address (stopping the supervisor never stops the Agent)."""
+        deadline = time.monotonic() + min(5.0, cfg.daemon.shutdown_timeout)
+        if self.agent is not None and not cfg.agent.enabled:
+            self._drop_service(self.agent, deadline)
+            self.agent = None
+        if self.manager is not None and not cfg.manager.address:
+            self._drop_service(self.manager, deadline)
+            self.plugins.pm.unregister(name="manager-reporter")
+            self.plugins.info.pop("manager-reporter", None)
+            self.manager = None
+        for service in list(self.services):
+            try:
+                service.reload(cfg)
+            except Exception:
+                log.exception("reloading %s failed", service.name)
+        for service in self._build_services(cfg):
+            try:
+                self._start_service(service)
+            except Exception:
+                log.exception("starting %s after reload failed", service.name)
+
+    def _drop_service(self, service: Service, deadline: float) -> None:
+        self.services.remove(service)
+        try:
+            service.stop(deadline)
+        except Exception:
+            log.exception("stopping %s failed", service.name)
 
     # --- stop ----------------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Seed §3.1.2: stop taking work, finish in-flight work, flush, save state. Agent keeps running."""
+    def shutdown(self) -> int:
+        """Seed §3.1.2: stop taking work, wait for work in flight, disconnect (the Manager link
+        flushes its outbox by the deadline), save state, close logs. The Agent keeps running."""
         self.state = "stopping"
         deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout
+        self.work.close()
+        self.scheduler.clear()
+        self._refuse_queued()
+        in_flight = self.work.active()
+        self.notifier.stopping("stopping: " + (", ".join(in_flight) or "nothing in flight"))
+        ping = watchdog_interval()
+        tick = self.notifier.watchdog if ping else (lambda: None)
+        abandoned = self.work.wait_idle(deadline, tick, ping or 1.0)
+        if abandoned:
+            log.warning("shutdown timeout (%gs): abandoning %s", self.cfg.daemon.shutdown_timeout,
+                        ", ".join(abandoned))
         for service in reversed(self.services):
             try:
                 service.stop(deadline)
             except Exception:
                 log.exception("stopping %s failed", service.name)
+        self.control.stop()
+        self._refuse_queued()
+        self._save_state(clean=not abandoned)
         self._lock.release()
+        self._restore_signals()
         self.state = "stopped"
         log.info("daemon stopped")
+        self.notifier.close()
+        logs.close()
+        return 0
+
+    def _refuse_queued(self) -> None:
+        """Requests queued for the loop that will never run get an answer instead of a timeout."""
+        while True:
+            try:
+                command, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "call" and isinstance(arg, _Request):
+                arg.future.set_exception(EngineStopping("the daemon is stopping; request refused"))
+
+    # --- status --------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {
+        """What `daemon status` shows; safe to call from any thread. Top-level keys are stable."""
+        manager, agent = self.manager, self.agent  # a reload may swap them while we read
+        agent_section = None
+        if agent is not None:
+            agent_section = _section(lambda: {**agent.status(), **agent.agent_status()})
+        out: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
             "state": self.state,
-            "uptime_s": round(time.time() - self.started_at, 1),
+            "started_at": rfc3339(self.started_at),
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "node_id": self.node_id,
             "config": self.cfg.source,
+            "manager": _section(manager.status) if manager is not None else None,
+            "agent": agent_section,
             "collectors": {
                 name: {"last_run": rfc3339(o.started), "duration_ms": round(o.duration * 1000, 3),
                        "ok": o.ok, "error": o.error}
-                for name, o in self.runner.last.items()
+                for name, o in list(self.runner.last.items())
             },
+            "plugins": self.plugins.describe(),
+            "update": None,
             "last_report": rfc3339(self.last_report) if self.last_report else None,
-            "plugins": [p["name"] for p in self.plugins.describe()],
-            "services": {s.name: s.status() for s in self.services},
+            "reports_built": self.reports_built,
+            "in_flight": self.work.active(),
         }
+        for name, provider in list(self.status_providers.items()):
+            if out.get(name) is None:
+                out[name] = _section(provider)
+        return out
+
+    def status_line(self) -> str:
+        """One short line for systemd's STATUS=: what a glance at `systemctl status` should tell."""
+        parts = [self.state]
+        manager, agent = self.manager, self.agent
+        if manager is not None:
+            m = _section(manager.status) or {}
+            parts.append(f"manager {m.get('state', '?')}")
+            parts.append(f"outbox {m.get('outbox_depth', '?')}")
+        else:
+            parts.append("stand-alone")
+        if agent is not None:
+            parts.append(f"agent {(_section(agent.agent_status) or {}).get('state', '?')}")
+        parts.append(f"reports {self.reports_built}")
+        return "; ".join(parts)
+
+    def _notify_status(self) -> None:
+        self.notifier.status(self.status_line())
+
+
+def _section(fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
+    """A service's status; a failing one shows its error instead of breaking `daemon status`."""
+    try:
+        return fn()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "labels":
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out

@@ -31,6 +31,18 @@ class ConfigValidateError(DaemonError):
         super().__init__(f"config: {len(self.problems)} problem(s)\n{lines}")
 
 
+class AlreadyRunningError(DaemonError):
+    """Another daemon holds the work_dir or pid file lock: an operator error, not a config error."""
+
+    code, name = "D1003", "AlreadyRunningError"
+
+
+class ControlError(DaemonError):
+    """The control socket cannot be reached (daemon not running, no permission) or refused a request."""
+
+    code, name = "D1004", "ControlError"
+
+
 class ManagerConnectError(DaemonError):
     code, name = "D2001", "ManagerConnectError"
 
@@ -78,6 +90,8 @@ class CollectError(DaemonError):
 ALL_ERRORS: tuple[type[DaemonError], ...] = (
     ConfigLoadError,
     ConfigValidateError,
+    AlreadyRunningError,
+    ControlError,
     ManagerConnectError,
     ManagerRegisterError,
     ManagerReportError,

@@ -28,7 +28,9 @@ def redact(text: str) -> str:
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
+    """The `extra=` fields of a record; string values redacted like the message."""
+    return {k: redact(v) if isinstance(v, str) else v
+            for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,7 +68,7 @@ class RecentProblems(logging.Handler):
             "level": record.levelname.lower(),
             "message": redact(record.getMessage()),
             "timestamp": rfc3339(record.created),
-            "fields": {k: str(v) for k, v in record_fields(record).items()},
+            "fields": {k: redact(str(v)) for k, v in record_fields(record).items()},
         }
         with self._mutex:
             self._ring.append(entry)
@@ -79,27 +81,43 @@ class RecentProblems(logging.Handler):
 
 
 recent_problems = RecentProblems()
+# Handlers setup() installed, so close() and the next setup() touch only ours (not a test runner's).
+_installed: list[logging.Handler] = []
 
 
 def setup(level: str = "info", log_file: str = "", max_bytes: int = 10 * 1024 * 1024,
           backups: int = 5, *, stderr: bool | None = None) -> None:
     """(Re)configure the root logger; called at start and again on reload."""
+    close()
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        if handler is not recent_problems:
-            handler.close()
-    root.setLevel(getattr(logging, level.upper()))
-    root.addHandler(recent_problems)
+    set_level(level)
+    if recent_problems not in root.handlers:
+        root.addHandler(recent_problems)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
                                                   encoding="utf-8")
         fh.setFormatter(JsonFormatter())
         root.addHandler(fh)
+        _installed.append(fh)
     if stderr is None:
         stderr = not log_file or sys.stderr.isatty()
     if stderr:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(TextFormatter() if sys.stderr.isatty() else JsonFormatter())
         root.addHandler(sh)
+        _installed.append(sh)
+
+
+def set_level(level: str) -> None:
+    """Change the level in place (a reload that only changes daemon.log_level)."""
+    logging.getLogger().setLevel(getattr(logging, level.upper()))
+
+
+def close() -> None:
+    """Flush and close the handlers setup() installed (the last step of a shutdown)."""
+    root = logging.getLogger()
+    while _installed:
+        handler = _installed.pop()
+        root.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,251 @@
+"""Local control socket: JSON-lines requests from the CLI (`daemon status`, `reload`, ...) to the daemon.
+
+Protocol, one JSON object per line each way, several requests per connection allowed:
+    -> {"cmd": "status", "args": {}}
+    <- {"ok": true, "result": {...}}
+    <- {"ok": false, "error": "what went wrong", "code": "D1004"}
+The socket is created with mode 0600 (umask at bind, so there is no moment it is wider) and every
+peer's credentials are checked (SO_PEERCRED): only the daemon's own user or root may talk to it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon_app.errors import ConfigValidateError, ControlError, DaemonError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024
+MAX_CLIENTS = 8
+IDLE_TIMEOUT = 30.0
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+Handler = Callable[[dict[str, Any]], Any]
+EngineCall = Callable[[Callable[[], Any], float], Any]
+
+
+class NotRunning(ControlError):
+    """No daemon answers on the control socket."""
+
+
+@dataclass
+class Command:
+    fn: Handler
+    on_engine_thread: bool
+    timeout: float
+
+
+class ControlServer:
+    """Serves the control socket from one thread; a short-lived thread per connection.
+
+    Commands registered with `on_engine_thread=True` (the default) run on the engine's thread via
+    `engine_call(fn, timeout)`, so they never race the loop; read-only ones (status) run here.
+    """
+
+    def __init__(self, path: str, engine_call: EngineCall) -> None:
+        self.path = path
+        self._engine_call = engine_call
+        self.commands: dict[str, Command] = {}
+        self._sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def register(self, name: str, fn: Handler, *, on_engine_thread: bool = True,
+                 timeout: float = 30.0) -> None:
+        """Add a command: `fn(args) -> JSON-able result`; raise DaemonError to answer with its code."""
+        self.commands[name] = Command(fn, on_engine_thread, timeout)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and serve. The caller holds the instance lock, so a socket left here is stale."""
+        size = len(os.fsencode(self.path))
+        if size > 107:
+            raise ConfigValidateError([f"daemon.control_socket: {self.path!r} is {size} bytes; a Unix "
+                                       "socket path must be at most 107"])
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o750, exist_ok=True)
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # umask, not chmod after bind: the socket never exists with wider permissions.
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        except OSError as exc:
+            sock.close()
+            raise ConfigValidateError([f"daemon.control_socket: cannot bind {self.path}: "
+                                       f"{exc.strerror or exc}"]) from exc
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        self._sock = sock
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+        log.debug("control socket listening on %s", self.path)
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigValidateError([f"daemon.control_socket: {self.path} exists and is not a socket; "
+                                       "remove it or choose another path"])
+        os.unlink(self.path)
+
+    def stop(self) -> None:
+        if self._sock is None:
+            return
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sock.close()
+        self._sock = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # --- serving --------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while True:
+            events = poller.poll()
+            if any(fd == self._wake_r for fd, _ in events):
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
+                    continue
+                log.error("D1004 control socket accept failed: %s", exc, extra={"code": "D1004"})
+                return
+            if not self._slots.acquire(blocking=False):
+                self._reply(conn, _error(ControlError("busy: too many control connections")))
+                conn.close()
+                continue
+            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
+            uid = self._peer_uid(conn)
+            if uid not in (0, os.getuid()):
+                log.warning("D1004 control: refused a connection from uid %d", uid, extra={"code": "D1004"})
+                self._reply(conn, _error(ControlError(f"permission denied for uid {uid}")))
+                return
+            conn.settimeout(IDLE_TIMEOUT)
+            reader = conn.makefile("rb")
+            while True:
+                line = reader.readline(MAX_LINE + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE:
+                    self._reply(conn, _error(ControlError(f"request longer than {MAX_LINE} bytes")))
+                    return
+                if line.strip():
+                    self._reply(conn, self.execute(line))
+        except OSError:
+            return  # the client went away or idled out; nothing to answer
+        finally:
+            conn.close()
+            self._slots.release()
+
+    @staticmethod
+    def _peer_uid(conn: socket.socket) -> int:
+        _pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        return uid
+
+    @staticmethod
+    def _reply(conn: socket.socket, response: dict[str, Any]) -> None:
+        conn.sendall(json.dumps(response, default=str).encode() + b"\n")
+
+    def execute(self, line: bytes) -> dict[str, Any]:
+        """One request line -> one response object (never raises)."""
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            return _error(ControlError(f"request is not JSON: {exc}"))
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return _error(ControlError('request must be an object like {"cmd": "status", "args": {}}'))
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            return _error(ControlError("args must be an object"))
+        command = self.commands.get(request["cmd"])
+        if command is None:
+            known = ", ".join(sorted(self.commands))
+            return _error(ControlError(f"unknown command {request['cmd']!r}; this daemon knows: {known}"))
+        try:
+            if command.on_engine_thread:
+                result = self._engine_call(lambda: command.fn(args), command.timeout)
+            else:
+                result = command.fn(args)
+        except DaemonError as exc:
+            return _error(exc)
+        except TimeoutError:
+            return _error(ControlError(f"{request['cmd']}: no answer from the engine within "
+                                       f"{command.timeout:g}s"))
+        except Exception as exc:
+            log.exception("D1004 control command %s failed", request["cmd"], extra={"code": "D1004"})
+            return _error(ControlError(f"{request['cmd']} failed: {type(exc).__name__}: {exc}"))
+        return {"ok": True, "result": result}
+
+
+def _error(exc: DaemonError) -> dict[str, Any]:
+    return {"ok": False, "error": exc.message, "code": exc.code}
+
+
+def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+    """Send one command to the daemon at `path` and return its result.
+
+    Raises NotRunning when nobody listens there, ControlError (or the daemon's own code) otherwise.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(f"the daemon is not running (no control socket answers at {path})") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: run as root or as the daemon's user") from None
+        except OSError as exc:
+            raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        try:
+            sock.sendall(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+            line = sock.makefile("rb").readline(16 * 1024 * 1024)
+        except TimeoutError:
+            raise ControlError(f"{cmd}: the daemon did not answer within {timeout:g}s") from None
+        except OSError as exc:
+            raise ControlError(f"{cmd}: connection to {path} failed: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    if not line:
+        raise ControlError(f"{cmd}: the daemon closed the connection without answering")
+    response = json.loads(line)
+    if not response.get("ok"):
+        raise ControlError(response.get("error", "request failed"), code=response.get("code") or None)
+    return response.get("result")
