@@ -96,6 +96,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "peer_supervisord_restart_ms_max": ("ms", "supervisord: kill -9 of the Agent -> new pid running, worst"),
     "peer_supervisord_rss_mb": ("MB", "RSS of supervisord supervising the Agent"),
     "peer_node_exporter_rss_mb": ("MB", "RSS of node_exporter (cpu, meminfo, diskstats, filesystem, netdev)"),
+    "peer_node_exporter_pss_mb": ("MB", "PSS of node_exporter"),
     "peer_node_exporter_cpu_percent": ("%", "node_exporter CPU over a window, scraped once per our "
                                              "collection interval"),
     "peer_node_exporter_scrape_ms_p50": ("ms", "one HTTP GET /metrics of node_exporter, median"),
