@@ -134,7 +134,7 @@ def _git_commit() -> str:
 
 
 def run_suite(bench_dir: Path, *, quick: bool, only: list[str] | None, suite_budget: float,
-              log_dir: Path) -> dict[str, Any]:
+              log_dir: Path, timeout_cap: float | None = None) -> dict[str, Any]:
     """Run the scripts one after another (never in parallel: they measure CPU and latency)."""
     machine = machine_info()
     machine["commit"] = _git_commit()
@@ -149,7 +149,7 @@ def run_suite(bench_dir: Path, *, quick: bool, only: list[str] | None, suite_bud
             scripts[path.stem] = {"figures": {}, "meta": {}, "elapsed_s": 0.0,
                                   "error": f"not run: the suite's {suite_budget:.0f} s budget was spent"}
             continue
-        timeout = min(short if quick else full, left)
+        timeout = min(short if quick else full, left, timeout_cap or left)
         print(f"bench: {path.name} (timeout {timeout:.0f} s) ...", file=sys.stderr, flush=True)
         result = run_script(path, quick=quick, timeout=timeout, log_dir=log_dir)
         scripts[path.stem] = result
@@ -336,11 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-benchmarks-md", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument("--suite-budget", type=float, default=SUITE_BUDGET_S,
                         help="seconds for the whole suite; scripts past it are not run")
+    parser.add_argument("--timeout", type=float, help="at most this many seconds for any one script")
     args = parser.parse_args(argv)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     result = run_suite(args.bench_dir, quick=args.quick, only=args.only, suite_budget=args.suite_budget,
-                       log_dir=args.out_dir / "logs")
+                       log_dir=args.out_dir / "logs", timeout_cap=args.timeout)
     body = render_markdown(result)
     _write(args.out_dir / "latest.json", json.dumps(result, indent=2) + "\n")
     _write(args.out_dir / "latest.md", "# Benchmark results\n\n" + body)
