@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -57,8 +58,9 @@ def ensure_node_exporter() -> str:
 
 def version_of(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True)
-    first = (out.stdout or out.stderr).strip().splitlines()
-    return first[0] if first else "node_exporter"
+    # "node_exporter, version 1.5.0 (branch: ..., revision: ...)" -> "node_exporter 1.5.0"
+    found = re.search(r"version (\S+)", out.stdout or out.stderr)
+    return f"node_exporter {found.group(1)}" if found else "node_exporter"
 
 
 def scrape(conn: http.client.HTTPConnection) -> int:
@@ -74,12 +76,12 @@ def main() -> None:
     parser = arg_parser(__doc__)
     parser.add_argument("--scrapes", type=int, default=0, help="timed scrapes (default 200, quick 50)")
     parser.add_argument("--window", type=float, default=0.0,
-                        help="CPU window seconds (default 120, quick 30)")
+                        help="CPU window seconds (default 60, quick 20)")
     parser.add_argument("--scrape-interval", type=float, default=DEFAULT_SCRAPE_INTERVAL_S,
                         help="seconds between scrapes inside the CPU window")
     args = parser.parse_args()
     scrapes = args.scrapes or (50 if args.quick else 200)
-    window = args.window or (30.0 if args.quick else 120.0)
+    window = args.window or (20.0 if args.quick else 60.0)
     try:
         binary = ensure_node_exporter()
     except Unavailable as exc:

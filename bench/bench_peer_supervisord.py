@@ -100,6 +100,8 @@ def agent_pid(supervisord_pid: int, marker: str, other_than: int = 0) -> int:
 
 def main() -> None:
     parser = arg_parser(__doc__)
+    parser.add_argument("--agent", type=Path, default=SAMPLE_AGENT,
+                        help="the Agent script to supervise (default examples/sample_agent.py)")
     parser.add_argument("--samples", type=int, default=0, help="kill -9 count (default 20, quick 8)")
     args = parser.parse_args()
     samples = args.samples or (8 if args.quick else 20)
@@ -112,8 +114,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bsv", dir="/tmp"))
     agent_socket = str(tmp / "agent.sock")
-    if SAMPLE_AGENT.exists():
-        agent_cmd, marker, which = f"{sys.executable} {SAMPLE_AGENT}", str(SAMPLE_AGENT), "sample Agent"
+    heartbeats = args.agent.exists()
+    if heartbeats:
+        agent_cmd, marker, which = f"{sys.executable} {args.agent}", str(args.agent), "sample Agent"
     else:
         stand_in = tmp / "stand_in_agent.py"
         stand_in.write_text(STAND_IN + "\n")
@@ -129,7 +132,7 @@ def main() -> None:
         log(f"supervisord {version} (pid {proc.pid}) runs the {which} (pid {pid}); {samples} kill -9 rounds")
         for i in range(samples):
             # Let the Agent settle (connected, when it heartbeats) before it is killed again.
-            if SAMPLE_AGENT.exists():
+            if heartbeats:
                 wait_until(lambda n=i: sink.connections > n, timeout=20, what="the Agent's heartbeat")
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGKILL)

@@ -233,12 +233,17 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = []
     total = sum(result["elapsed_s"].values())
     lines.append(
-        f"Run {m.get('date', '?')} on {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
-        f"{m.get('memory_gb', '?')} GB, {m.get('kernel', '?')}, Python {m.get('python', '?')}; "
-        f"load average at start {' '.join(str(x) for x in m.get('loadavg', []))}; "
-        f"{result['mode']} run{' of selected scripts' if result.get('partial') else ''}, "
-        f"{total:.0f} s; commit {m.get('commit') or '?'}"
-        + (f"; daemon.pyz {m['pyz_mb']} MB" if "pyz_mb" in m else "") + ".")
+        f"Machine: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB, "
+        f"{m.get('kernel', '?')}, Python {m.get('python', '?')}; load average at start "
+        f"{' '.join(str(x) for x in m.get('loadavg', []))}.  ")
+    lines.append(
+        f"Run: {m.get('date', '?')}, {result['mode']}{' (selected scripts)' if result.get('partial') else ''}, "
+        f"{total:.0f} s, commit {m.get('commit') or '?'}"
+        + (f", daemon.pyz {m['pyz_mb']} MB" if "pyz_mb" in m else "") + ".")
+    if result["missing"]:
+        lines.append("")
+        lines.append(f"This run is partial: {len(result['missing'])} of {len(budgets.EXPECTED)} expected "
+                     "scripts were not in the tree (listed at the end).")
     lines.append("")
     checks = result["budgets"]
     met = sum(1 for c in checks.values() if c["met"] is True)
@@ -246,13 +251,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     unmeasured = sum(1 for c in checks.values() if c["met"] is None)
     lines.append(f"**Budgets: {met} met, {len(missed)} missed, {unmeasured} not measured.**")
     lines.append("")
-    lines.append("| what | figure | measured | budget | |")
+    lines.append("| what (DESIGN.md §9 unless noted) | figure | measured | budget | |")
     lines.append("|---|---|---|---|---|")
     for key, c in checks.items():
         measured = _fmt(c["value"], c["unit"]) if c["value"] is not None else _why_unmeasured(key, result)
         verdict = {True: "met", False: "**missed**", None: "—"}[c["met"]]
-        lines.append(f"| {c['what']} ({c['source']}) | `{key}` | {measured} | "
-                     f"≤ {_fmt(c['budget'], c['unit'])} | {verdict} |")
+        what = c["what"] + ("" if c["source"] == "DESIGN.md §9" else f" ({c['source']})")
+        lines.append(f"| {what} | `{key}` | {measured} | ≤ {_fmt(c['budget'], c['unit'])} | {verdict} |")
     if missed:
         lines.append("")
         lines.append("Missed budgets and what limits them:")
@@ -267,14 +272,14 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines.append("| peer | figure | value | meaning |")
     lines.append("|---|---|---|---|")
     for name, peer in result["peers"].items():
-        label = name + (f" {peer['version']}" if peer.get("version") else "")
+        label = peer.get("version") or name
         if not peer["figures"]:
             lines.append(f"| {label} | — | not measured | {peer.get('note', 'no figures')} |")
-        for key, value in peer["figures"].items():
-            lines.append(f"| {label} | `{key}` | {_fmt(value, budgets.unit_of(key))} | "
+        for i, (key, value) in enumerate(peer["figures"].items()):
+            lines.append(f"| {label if i == 0 else ''} | `{key}` | {_fmt(value, budgets.unit_of(key))} | "
                          f"{budgets.FIGURES.get(key, ('', ''))[1]} |")
         if peer["figures"] and peer.get("note"):
-            lines.append(f"| {label} | note | | {peer['note']} |")
+            lines.append(f"| | | | {peer['note']} |")
     lines.append("")
     lines.append("**Ratios (ours / peer, same run)**")
     lines.append("")
@@ -287,11 +292,15 @@ def render_markdown(result: dict[str, Any]) -> str:
     else:
         lines.append("None: a ratio needs both our figure and the peer's from this run.")
     lines.append("")
-    lines.append("**All figures**")
+    lines.append("**Our figures**")
     lines.append("")
-    lines.append("| figure | value | meaning | script |")
-    lines.append("|---|---|---|---|")
-    for key, value in result["figures"].items():
+    ours = {k: v for k, v in result["figures"].items() if not k.startswith("peer_")}
+    if ours:
+        lines.append("| figure | value | meaning | script |")
+        lines.append("|---|---|---|---|")
+    else:
+        lines.append("None measured in this run.")
+    for key, value in ours.items():
         meaning = budgets.FIGURES.get(key, ("", ""))[1]
         lines.append(f"| `{key}` | {_fmt(value, budgets.unit_of(key))} | {meaning} | "
                      f"{result['sources'].get(key, '')} |")
