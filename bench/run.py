@@ -236,8 +236,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Machine: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB, "
         f"{m.get('kernel', '?')}, Python {m.get('python', '?')}; load average at start "
         f"{' '.join(str(x) for x in m.get('loadavg', []))}.  ")
+    selected = " (selected scripts)" if result.get("partial") else ""
     lines.append(
-        f"Run: {m.get('date', '?')}, {result['mode']}{' (selected scripts)' if result.get('partial') else ''}, "
+        f"Run: {m.get('date', '?')}, {result['mode']}{selected}, "
         f"{total:.0f} s, commit {m.get('commit') or '?'}"
         + (f", daemon.pyz {m['pyz_mb']} MB" if "pyz_mb" in m else "") + ".")
     if result["missing"]:
