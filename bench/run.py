@@ -155,11 +155,12 @@ def run_suite(bench_dir: Path, *, quick: bool, only: list[str] | None, suite_bud
         scripts[path.stem] = result
         status = result.get("error") or f"{len(result['figures'])} figures"
         print(f"bench: {path.name}: {status} in {result['elapsed_s']} s", file=sys.stderr, flush=True)
-    return assemble(scripts, machine=machine, quick=quick, partial=bool(only))
+    present = {p.stem for p in discover(bench_dir)}
+    return assemble(scripts, machine=machine, quick=quick, partial=bool(only), present=present)
 
 
 def assemble(scripts: dict[str, dict[str, Any]], *, machine: dict[str, Any], quick: bool,
-             partial: bool) -> dict[str, Any]:
+             partial: bool, present: set[str]) -> dict[str, Any]:
     """Merge the scripts' results into the latest.json document."""
     figures: dict[str, float] = {}
     source: dict[str, str] = {}
@@ -170,7 +171,7 @@ def assemble(scripts: dict[str, dict[str, Any]], *, machine: dict[str, Any], qui
             source[key] = name
         if "error" in result:
             errors[name] = {"error": result["error"], "stderr_tail": result.get("stderr_tail", "")}
-    missing = [name for name in budgets.EXPECTED if name not in scripts]
+    missing = [name for name in budgets.EXPECTED if name not in present]
     peers: dict[str, dict[str, Any]] = {}
     for name in sorted(set(scripts) | {n for n in budgets.EXPECTED if n.startswith("bench_peer_")}):
         if not name.startswith("bench_peer_"):
@@ -180,7 +181,7 @@ def assemble(scripts: dict[str, dict[str, Any]], *, machine: dict[str, Any], qui
         peer.update((result or {}).get("meta", {}).get("peer", {}))
         if result is None:
             peer.setdefault("available", False)
-            peer["note"] = f"{name}.py not present"
+            peer["note"] = f"{name}.py " + ("not run" if name in present else "not present")
         elif "error" in result:
             peer.setdefault("available", bool(result["figures"]))
             peer.setdefault("note", result["error"])

@@ -153,3 +153,12 @@ def test_memory_and_cpu_of_a_real_child(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_only_runs_the_named_scripts_and_leaves_benchmarks_md_alone(tmp_path: Path, bench_dir: Path) -> None:
+    result, md, _ = _run(tmp_path, "--only", "report")
+    assert set(result["elapsed_s"]) == {"bench_report"} and result["partial"] is True
+    assert "not measured: bench_collect.py not run" in md
+    assert "bench_collect" not in result["missing"] and "bench_idle" in result["missing"]
+    assert "old table" in (tmp_path / "BENCHMARKS.md").read_text()
