@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -131,6 +132,7 @@ def test_percentile_interpolates_like_numpy() -> None:
     assert common.percentile(values, 50) == 3.0
     assert common.percentile(values, 99) == pytest.approx(4.96)
     assert common.percentile([7.0], 99) == 7.0
+    assert common.summarize(values, "x_ms") == {"x_ms_p50": 3.0, "x_ms_p99": 4.96, "x_ms_max": 5.0}
 
 
 def test_units_come_from_the_figure_names() -> None:
@@ -141,18 +143,37 @@ def test_units_come_from_the_figure_names() -> None:
     assert budgets.unit_of("ready_s") == "s"
 
 
-def test_memory_and_cpu_of_a_real_child(tmp_path: Path) -> None:
+def test_memory_of_a_real_child() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(30 << 20); sys.stdin.read()"],
                             stdin=subprocess.PIPE)
     try:
         common.wait_until(lambda: common.rss_mb(proc.pid) > 30, timeout=20, what="the child to fill 30 MB")
         assert common.pss_mb(proc.pid) > 25
         assert proc.pid in common.children(os.getpid())
-        meter = common.CpuWindow(proc.pid)
-        assert 0.0 <= meter.percent() < 50.0
+        assert proc.pid in common.descendants(os.getpid())
+        assert common.rss_mb(os.getpid(), include_children=True) > common.rss_mb(proc.pid)
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_cpu_window_counts_a_busy_child_of_the_watched_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        own = common.CpuWindow(proc.pid)
+        tree = common.CpuWindow(os.getpid(), include_children=True)
+        common.wait_until(lambda: own.percent() > 50 and tree.percent() > 50, timeout=20,
+                          what="the busy child's CPU to show")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_listening_ports_finds_the_port_a_process_chose() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert sock.getsockname()[1] in common.listening_ports(os.getpid())
 
 
 @pytest.mark.timeout(60)
