@@ -106,7 +106,7 @@ class CollectorRunner:
 
     def _worker(self, name: str, fn: Callable[..., Any]) -> _Worker:
         worker = self._workers.get(name)
-        if worker is None or worker.fn is not fn:
+        if worker is None or worker.fn != fn:  # a reload may bring a new plugin object
             if worker is not None:
                 worker.retire()
             worker = self._workers[name] = _Worker(name, fn)
