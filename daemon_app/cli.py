@@ -221,15 +221,23 @@ def run_cmd(obj: Ctx) -> None:
     from daemon_app.engine import Engine
 
     cfg = obj.load()
-    logs.setup(cfg.daemon.log_level, cfg.daemon.log_file, cfg.daemon.log_max_bytes, cfg.daemon.log_backups)
+    try:
+        logs.setup(cfg.daemon.log_level, cfg.daemon.log_file, cfg.daemon.log_max_bytes,
+                   cfg.daemon.log_backups)
+    except OSError as exc:
+        click.echo(f"{ConfigValidateError.code} config: daemon.log_file: cannot open "
+                   f"{cfg.daemon.log_file!r}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     engine = Engine(cfg, plugins.load_all(cfg))
     try:
         engine.start()
-    except DaemonError as exc:
+    except (DaemonError, OSError) as exc:
         import logging
 
-        logging.getLogger("daemon_app").error(str(exc), extra={"code": exc.code})
-        click.echo(str(exc), err=True)
+        # An OSError here is the host refusing a configured path (work_dir, pid_file, sockets).
+        err = exc if isinstance(exc, DaemonError) else DaemonError(f"cannot start: {exc}", code="D1002")
+        logging.getLogger("daemon_app").error(str(err), extra={"code": err.code})
+        click.echo(str(err), err=True)
         sys.exit(1)
     sys.exit(engine.run_forever())
 

@@ -113,3 +113,21 @@ def test_version_prints_daemon_python_and_build_id(cfg_path):
     assert info["build_id"] == "dev"  # from source; the pyz carries its own (tests/e2e)
     text = run_cli(cfg_path, "version").stdout
     assert text.startswith(f"daemon {__version__} (python 3.11.") and "build dev" in text
+
+
+def test_run_refuses_a_log_file_it_cannot_open_with_the_key_path(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    cfg = base_config(tmp_path)
+    cfg["daemon"]["log_file"] = str(tmp_path / "a-file" / "daemon.log")
+    result = run_cli(write_config(tmp_path / "d.yaml", cfg), "run", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("D1002 config: daemon.log_file: cannot open")
+
+
+def test_run_refuses_a_work_dir_it_cannot_create_with_a_code(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    cfg = base_config(tmp_path / "a-file" / "work")
+    cfg["daemon"]["log_file"] = ""
+    result = run_cli(write_config(tmp_path / "d.yaml", cfg), "run", timeout=30)
+    assert result.returncode == 1
+    assert "D1002 cannot start: " in result.stderr and "Traceback" not in result.stderr
