@@ -99,7 +99,8 @@ def collect_cmd(obj: Ctx, once: bool, fmt: str) -> None:
     from daemon_app.collection import CollectorRunner
 
     cfg = obj.load()
-    logs.setup("warning", "", stderr=True)
+    # Each failure is logged once on stderr (with D5001 and the collector's name) as it happens.
+    logs.setup("error", "", stderr=True)
     loaded = plugins.load_all(cfg)
     runner = CollectorRunner()
     calls = []
@@ -108,17 +109,18 @@ def collect_cmd(obj: Ctx, once: bool, fmt: str) -> None:
         if ccfg.enabled:
             calls.append((name, fn, ccfg, ccfg.timeout))
     outcomes = runner.run(calls)
+    runner.close()
     result: dict[str, Any] = {}
     for outcome in outcomes:
         for m in outcome.metrics:
             result[m.name] = m.to_dict()
-    failed = [o for o in outcomes if not o.ok]
     if fmt == "json":
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(_table(result))
-    for o in failed:
-        click.echo(f"D5001 collector {o.name}: {o.error}", err=True)
+    failed = [o.name for o in outcomes if not o.ok] + [p.name for p in loaded.failed]
+    if failed:
+        click.echo(f"D5001 collect: {len(failed)} failed: {', '.join(failed)}", err=True)
     sys.exit(1 if failed else 0)
 
 
@@ -177,14 +179,20 @@ def plugins_install(obj: Ctx, spec: tuple[str, ...], pip_arg: tuple[str, ...]) -
     click.echo(f"installing into {target}: {' '.join(spec)}")
     rc = subprocess.call(cmd)
     if rc != 0:
-        click.echo(f"D5001 plugins install: pip exited {rc}; the plugin directory is unchanged "
-                   "where pip did not get to write", err=True)
+        click.echo(f"D5001 plugins install: pip exited {rc} (its messages are above)", err=True)
     sys.exit(rc)
 
 
 def _python_for_pip() -> str:
-    """The interpreter running us; inside a pyz that is the host's python3 with its own pip."""
-    return sys.executable or "python3"
+    """The interpreter running us; inside a pyz that is the host's python3, which brings its own pip."""
+    import importlib.util
+
+    python = sys.executable or "python3"
+    if importlib.util.find_spec("pip") is None:
+        click.echo(f"D5001 plugins install: pip is not available to {python}; install it (Debian: "
+                   "apt install python3-pip) and try again", err=True)
+        sys.exit(1)
+    return python
 
 
 # --- version ------------------------------------------------------------------------------------
@@ -220,7 +228,13 @@ def run_cmd(obj: Ctx) -> None:
     from daemon_app.engine import Engine
 
     cfg = obj.load()
-    logs.setup(cfg.daemon.log_level, cfg.daemon.log_file, cfg.daemon.log_max_bytes, cfg.daemon.log_backups)
+    try:
+        logs.setup(cfg.daemon.log_level, cfg.daemon.log_file, cfg.daemon.log_max_bytes,
+                   cfg.daemon.log_backups)
+    except OSError as exc:
+        click.echo(f"{ConfigValidateError.code} config: daemon.log_file: cannot open "
+                   f"{cfg.daemon.log_file!r}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     engine = Engine(cfg, plugins.load_all(cfg))
     try:
         engine.start()

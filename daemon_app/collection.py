@@ -1,18 +1,22 @@
-"""Runs `collect` hooks with isolation: each in its own thread, bounded by its timeout.
+"""Runs `collect` hooks with isolation: each collector on its own long-lived worker thread.
 
-A collector that raises or overruns is logged with D5001 and its name, and the round goes on
-without it. A collector still stuck from an earlier round is not started again (no thread pile-up).
+A collector that raises or overruns its timeout is logged with D5001 and its name, and the round
+goes on without it. A collector still stuck from an earlier round is not called again until it
+returns (no thread pile-up). Workers live across rounds because starting a thread per collector
+per round costs more than the built-in collectors themselves.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon_app.config import format_duration
 from daemon_app.errors import CollectError
 from daemon_app.metrics import CollectContext, Metrics
 
@@ -21,6 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
+    """What one collector did in one round."""
+
     name: str
     metrics: list[Metrics] = field(default_factory=list)
     error: str = ""
@@ -33,26 +39,55 @@ class Outcome:
 
 
 class _Call:
-    def __init__(self, fn: Callable[..., Any], ctx: CollectContext) -> None:
+    """One invocation of a collect hook; the worker fills it in and sets `done`."""
+
+    __slots__ = ("ctx", "done", "result", "exc", "started", "finished")
+
+    def __init__(self, ctx: CollectContext) -> None:
+        self.ctx = ctx
         self.done = threading.Event()
         self.result: Any = None
         self.exc: BaseException | None = None
-        self.started = time.monotonic()
+        self.started = 0.0
         self.finished = 0.0
-        self.thread = threading.Thread(target=self._run, args=(fn, ctx), daemon=True,
-                                       name=f"collect:{ctx.name}")
-
-    def _run(self, fn: Callable[..., Any], ctx: CollectContext) -> None:
-        try:
-            self.result = fn(ctx=ctx)
-        except BaseException as exc:  # reported to the round, never kills the daemon
-            self.exc = exc
-        finally:
-            self.finished = time.monotonic()
-            self.done.set()
 
 
-def _as_list(name: str, result: Any) -> list[Metrics]:
+class _Worker:
+    """A daemon thread that runs one collector's calls, one at a time."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.current: _Call | None = None
+        self._jobs: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"collect:{name}")
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        call = self.current
+        return call is not None and not call.done.is_set()
+
+    def submit(self, call: _Call) -> None:
+        call.started = time.monotonic()
+        self.current = call
+        self._jobs.put(call)
+
+    def retire(self) -> None:
+        """End the thread once its current call (if any) returns."""
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (call := self._jobs.get()) is not None:
+            try:
+                call.result = self.fn(ctx=call.ctx)
+            except BaseException as exc:  # reported to the round, never kills the daemon
+                call.exc = exc
+            finally:
+                call.finished = time.monotonic()
+                call.done.set()
+
+
+def _as_list(result: Any) -> list[Metrics]:
     if result is None:
         return []
     items = result if isinstance(result, list | tuple) else [result]
@@ -67,41 +102,56 @@ class CollectorRunner:
 
     def __init__(self) -> None:
         self.last: dict[str, Outcome] = {}
-        self._stuck: dict[str, _Call] = {}
+        self._workers: dict[str, _Worker] = {}
+
+    def _worker(self, name: str, fn: Callable[..., Any]) -> _Worker:
+        worker = self._workers.get(name)
+        if worker is None or worker.fn != fn:  # a reload may bring a new plugin object
+            if worker is not None:
+                worker.retire()
+            worker = self._workers[name] = _Worker(name, fn)
+        return worker
 
     def run(self, calls: Iterable[tuple[str, Callable[..., Any], Any, float]]) -> list[Outcome]:
         """Start every (name, fn, config, timeout) at once, then wait for each until its deadline."""
-        started: list[tuple[str, _Call | None, float, float, str]] = []
+        pending: list[tuple[Outcome, _Call | None, float, float]] = []
         for name, fn, cfg, timeout in calls:
-            t0 = time.monotonic()
-            stuck = self._stuck.get(name)
-            if stuck is not None and not stuck.done.is_set():
-                started.append((name, None, t0, time.time(), "still running since an earlier round"))
+            outcome = Outcome(name, started=time.time())
+            worker = self._worker(name, fn)
+            if worker.busy:
+                outcome.error = "still running since an earlier round (it timed out then)"
+                pending.append((outcome, None, 0.0, timeout))
                 continue
-            self._stuck.pop(name, None)
-            call = _Call(fn, CollectContext(name=name, config=cfg, deadline=t0 + timeout))
-            call.thread.start()
-            started.append((name, call, t0 + timeout, time.time(), ""))
+            deadline = time.monotonic() + timeout
+            call = _Call(CollectContext(name=name, config=cfg, deadline=deadline))
+            worker.submit(call)
+            pending.append((outcome, call, deadline, timeout))
         outcomes = []
-        for name, call, deadline, wall, early_error in started:
-            outcome = Outcome(name, started=wall)
-            if call is None:
-                outcome.error = early_error
-            elif not call.done.wait(max(0.0, deadline - time.monotonic())):
-                self._stuck[name] = call
-                outcome.error = "timed out"
-            elif call.exc is not None:
-                outcome.error = f"{type(call.exc).__name__}: {call.exc}"
-            else:
-                try:
-                    outcome.metrics = _as_list(name, call.result)
-                except TypeError as exc:
-                    outcome.error = str(exc)
+        for outcome, call, deadline, timeout in pending:
             if call is not None:
-                outcome.duration = (call.finished or time.monotonic()) - call.started
+                self._settle(outcome, call, deadline, timeout)
             if outcome.error:
-                err = CollectError(f"collector {name}: {outcome.error}")
-                log.error(str(err), extra={"code": err.code, "collector": name})
-            self.last[name] = outcome
+                err = CollectError(f"collector {outcome.name}: {outcome.error}")
+                log.error(str(err), extra={"code": err.code, "collector": outcome.name})
+            self.last[outcome.name] = outcome
             outcomes.append(outcome)
         return outcomes
+
+    @staticmethod
+    def _settle(outcome: Outcome, call: _Call, deadline: float, timeout: float) -> None:
+        if not call.done.wait(max(0.0, deadline - time.monotonic())):
+            outcome.error = f"timed out after {format_duration(timeout)}"
+        elif call.exc is not None:
+            outcome.error = f"raised {type(call.exc).__name__}: {call.exc}"
+        else:
+            try:
+                outcome.metrics = _as_list(call.result)
+            except TypeError as exc:
+                outcome.error = str(exc)
+        outcome.duration = (call.finished or time.monotonic()) - call.started
+
+    def close(self) -> None:
+        """Let every worker thread end (a stuck one ends when its call returns)."""
+        for worker in self._workers.values():
+            worker.retire()
+        self._workers.clear()

@@ -41,6 +41,9 @@ def parse_duration(value: Any) -> float:
 
 
 def format_duration(seconds: float) -> str:
+    """30.0 -> '30s'; the inverse of parse_duration for `config show`."""
+    if seconds == 0:
+        return "0s"
     for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= factor and float(seconds / factor).is_integer():
             return f"{int(seconds // factor)}{unit}"
@@ -48,6 +51,7 @@ def format_duration(seconds: float) -> str:
 
 
 def parse_size(value: Any) -> int:
+    """65536 or '64MiB' -> bytes."""
     if isinstance(value, bool):
         raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {value!r}")
     if isinstance(value, int):
@@ -57,6 +61,34 @@ def parse_size(value: Any) -> int:
         if m:
             return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
     raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {value!r}")
+
+
+def format_size(size: int) -> int | str:
+    """52428800 -> '50MiB'; sizes that are not a whole number of KiB stay plain bytes."""
+    for unit in ("GiB", "MiB", "KiB"):
+        factor = _SIZE_UNITS[unit]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return size
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that remembers duplicate keys: YAML keeps the last silently, hiding a typo."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                self.duplicates.append(
+                    f"{key}: duplicate key at line {key_node.start_mark.line + 1} (it would replace "
+                    "the earlier one)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -125,6 +157,8 @@ class Field:
         """The typed value back in the form the YAML file uses (for `config show`)."""
         if self.kind == "duration":
             return format_duration(value)
+        if self.kind == "size":
+            return format_size(value)
         if self.kind == "mode":
             return f"{value:04o}"
         return value
@@ -341,7 +375,7 @@ def _render(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         node = schema.get(key)
-        if node is None and isinstance(value, dict):
+        if node is None and isinstance(value, Mapping):
             node = PLUGIN_COLLECTOR_SCHEMA
         if isinstance(node, Field):
             out[key] = node.render(value)
@@ -350,29 +384,35 @@ def _render(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_consistency(data: dict[str, Any], problems: list[str]) -> None:
-    """Settings that are valid alone but contradict each other."""
+def _check_consistency(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """Settings that are valid alone but contradict each other: (keys involved, problem)."""
+    out: list[tuple[tuple[str, ...], str]] = []
     hc = data["agent"]["health_check"]
     if hc["heartbeat_timeout"] <= hc["interval"] and data["agent"]["enabled"]:
-        problems.append(
+        out.append((
+            ("agent.health_check.heartbeat_timeout", "agent.health_check.interval", "agent.enabled"),
             "agent.health_check.heartbeat_timeout: must be longer than agent.health_check.interval "
-            f"({format_duration(hc['heartbeat_timeout'])} <= {format_duration(hc['interval'])})"
-        )
+            f"({format_duration(hc['heartbeat_timeout'])} <= {format_duration(hc['interval'])})",
+        ))
     rs = data["agent"]["restart"]
     if rs["backoff_max"] < rs["backoff_base"]:
-        problems.append("agent.restart.backoff_max: must not be shorter than agent.restart.backoff_base")
+        out.append((("agent.restart.backoff_max", "agent.restart.backoff_base"),
+                    "agent.restart.backoff_max: must not be shorter than agent.restart.backoff_base"))
     mgr = data["manager"]
     if mgr["reconnect_max"] < mgr["reconnect_interval"]:
-        problems.append("manager.reconnect_max: must not be shorter than manager.reconnect_interval")
+        out.append((("manager.reconnect_max", "manager.reconnect_interval"),
+                    "manager.reconnect_max: must not be shorter than manager.reconnect_interval"))
     addr = mgr["address"]
     if addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}", addr):
-        problems.append(f"manager.address: must be host:port, got {addr!r}")
+        out.append((("manager.address",), f"manager.address: must be host:port, got {addr!r}"))
     elif addr and not 0 < int(addr.rsplit(":", 1)[1]) < 65536:
-        problems.append(f"manager.address: port must be 1-65535, got {addr!r}")
+        out.append((("manager.address",), f"manager.address: port must be 1-65535, got {addr!r}"))
     if not data["daemon"]["work_dir"]:
-        problems.append("daemon.work_dir: must not be empty")
+        out.append((("daemon.work_dir",), "daemon.work_dir: must not be empty"))
     if data["agent"]["enabled"] and not data["agent"]["binary_path"]:
-        problems.append("agent.binary_path: must be set when agent.enabled is true")
+        out.append((("agent.binary_path", "agent.enabled"),
+                    "agent.binary_path: must be set when agent.enabled is true"))
+    return out
 
 
 def _derive_paths(data: dict[str, Any]) -> None:
@@ -387,14 +427,20 @@ def _derive_paths(data: dict[str, Any]) -> None:
             section[key] = os.path.join(work_dir, name)
 
 
-def validate(raw: Any, source: str = "<defaults>") -> Config:
-    """Validate a parsed YAML document; raise ConfigValidateError listing every problem."""
-    problems: list[str] = []
+def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None = None) -> Config:
+    """Validate a parsed YAML document; raise ConfigValidateError listing every problem.
+
+    `problems` may carry problems already found while parsing (duplicate keys); they are reported
+    together with the rest.
+    """
+    problems = list(problems or [])
     if raw is not None and not isinstance(raw, dict):
         raise ConfigValidateError([f"<root>: must be a mapping of sections, got {type(raw).__name__}"])
     data = _validate_tree(SCHEMA, raw or {}, "", problems)
-    if not problems:
-        _check_consistency(data, problems)
+    # A key that is already wrong was replaced by its default: judging it against others would
+    # report a contradiction the operator did not write.
+    bad = {p.split(":", 1)[0] for p in problems}
+    problems += [msg for keys, msg in _check_consistency(data) if not bad.intersection(keys)]
     if problems:
         raise ConfigValidateError(problems)
     _derive_paths(data)
@@ -416,16 +462,19 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigLoadError(f"config: cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigLoadError(f"config: {path} is not UTF-8 text: {exc}") from exc
+    loader = _UniqueKeyLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", exc)
         raise ConfigLoadError(f"config: {path} is not valid YAML{at}: {problem}") from exc
+    finally:
+        loader.dispose()
     if raw is None:
         raise ConfigLoadError(f"config: {path} is empty")
-    return validate(raw, source=path)
+    return validate(raw, source=path, problems=loader.duplicates)
 
 
 def resolve_path(cli_value: str | None) -> str | None:

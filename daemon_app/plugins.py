@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 BUILTIN, ENTRYPOINT, DIRECTORY = "builtin", "entrypoint", "directory"
 
+# The seed §7.1 code logged when a plugin raises in a hook: a failed reporter is a failed report,
+# a failed update hook a failed update; anything else is a plugin (collect) failure.
+HOOK_ERROR_CODES = {"report": "D2003", "pre_update": "D4003", "post_update": "D4003"}
+
 
 @dataclass
 class PluginInfo:
@@ -84,8 +88,8 @@ class Plugins:
             eps = [ep for ep in dist.entry_points if ep.group == hookspecs.ENTRY_POINT_GROUP]
             if not eps:
                 continue
-            location = os.path.realpath(str(getattr(dist, "_path", "")))
-            source = DIRECTORY if location.startswith(plugin_dir + os.sep) else ENTRYPOINT
+            location = os.path.realpath(str(dist.locate_file("")))
+            source = DIRECTORY if location == plugin_dir else ENTRYPOINT
             for ep in eps:
                 self._load_entrypoint(ep, dist, source, cfg)
 
@@ -117,14 +121,18 @@ class Plugins:
             if name in cfg.plugins.disabled or name in self.info:
                 continue
             path = os.path.join(plugin_dir, entry)
+            module_name = f"daemon_plugin_{name}"
             try:
-                spec = importlib.util.spec_from_file_location(f"daemon_plugin_{name}", path)
+                spec = importlib.util.spec_from_file_location(module_name, path)
                 assert spec and spec.loader
                 module = importlib.util.module_from_spec(spec)
+                # In sys.modules like any import, so dataclasses, pickle and logging find it.
+                sys.modules[module_name] = module
                 spec.loader.exec_module(module)
                 version = str(getattr(module, "__version__", "0"))
                 self.register(module, name, version=version, source=DIRECTORY)
             except Exception as exc:
+                sys.modules.pop(module_name, None)
                 self._failed(name, "?", DIRECTORY, exc)
 
     def describe(self) -> list[dict[str, Any]]:
@@ -138,13 +146,14 @@ class Plugins:
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a side-effect hook, isolating failures; returns results."""
         results = []
+        code = HOOK_ERROR_CODES.get(hook, "D5001")
         for name, fn in self.implementations(hook):
             try:
                 results.append((name, fn(**kwargs)))
             except Exception as exc:
                 log.error(
-                    "plugin %s raised in %s: %s: %s", name, hook, type(exc).__name__, exc,
-                    extra={"plugin": name, "hook": hook, "code": "D5001"},
+                    "%s plugin %s raised in %s: %s: %s", code, name, hook, type(exc).__name__, exc,
+                    extra={"plugin": name, "hook": hook, "code": code},
                 )
         return results
 
