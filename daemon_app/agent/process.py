@@ -117,20 +117,28 @@ class AgentProcess:
         self.adopted = popen is None
         self.started_at = started_at  # wall clock, for reports
         self.started_mono = time.monotonic()
+        self.stderr_offset = 0  # size of the stderr log when this process started (see tail_lines)
 
     @classmethod
     def spawn(cls, binary: str, args: list[str], work_dir: str, env: dict[str, str],
               stdout_path: str, stderr_path: str) -> AgentProcess:
-        """Start the Agent detached: own session and process group, output appended to files."""
-        os.makedirs(work_dir, exist_ok=True)
-        os.makedirs(os.path.dirname(stdout_path), exist_ok=True)
+        """Start the Agent detached: own session and process group, output appended to files.
+
+        D3001 AgentStartError when its directories, logs or binary cannot be used.
+        """
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out_fd = os.open(stdout_path, flags, 0o640)
+        try:
+            os.makedirs(work_dir, exist_ok=True)
+            os.makedirs(os.path.dirname(stdout_path), exist_ok=True)
+            out_fd = os.open(stdout_path, flags, 0o640)
+        except OSError as exc:
+            raise AgentStartError(f"agent: cannot prepare {work_dir} / {stdout_path}: {exc}") from exc
         try:
             err_fd = os.open(stderr_path, flags, 0o640)
-        except OSError:
+        except OSError as exc:
             os.close(out_fd)
-            raise
+            raise AgentStartError(f"agent: cannot open {stderr_path}: {exc}") from exc
+        offset = os.fstat(err_fd).st_size
         try:
             popen = subprocess.Popen([binary, *args], cwd=work_dir, env=env, stdin=subprocess.DEVNULL,
                                      stdout=out_fd, stderr=err_fd, start_new_session=True,
@@ -147,7 +155,9 @@ class AgentProcess:
             popen.wait()
             raise AgentStartError(f"agent: pidfd_open failed: {exc}") from exc
         ticks = start_ticks(popen.pid) or 0
-        return cls(popen.pid, ticks, pidfd, popen, time.time())
+        proc = cls(popen.pid, ticks, pidfd, popen, time.time())
+        proc.stderr_offset = offset
+        return proc
 
     @classmethod
     def adopt(cls, pid: int, ticks: int) -> AgentProcess | None:
@@ -236,20 +246,31 @@ def rotate_copy_truncate(path: str, max_bytes: int, backups: int) -> bool:
     return True
 
 
-def tail_lines(path: str, max_lines: int = 20, max_bytes: int = 4096) -> list[str]:
-    """The last lines of a log (bounded), falling back to the newest backup right after a rotation."""
-    for candidate in (path, f"{path}.1"):
+def tail_lines(path: str, max_lines: int = 20, max_bytes: int = 4096, since: int = 0) -> list[str]:
+    """The last lines of a log written after offset `since` (bounded).
+
+    `since` is the size the file had when this Agent process started, so an exit reports its own
+    output and not its predecessor's. A file now shorter than `since` was rotated: then the newest
+    backup is read too when the current file is empty.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    candidates = [(path, since)] if size >= since else [(path, 0), (f"{path}.1", 0)]
+    for candidate, start in candidates:
         try:
             with open(candidate, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - max_bytes))
+                end = fh.seek(0, os.SEEK_END)
+                begin = max(start, end - max_bytes)
+                fh.seek(begin)
                 data = fh.read()
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.debug("cannot read %s: %s", candidate, exc)
             continue
         if data.strip():
-            if len(data) == max_bytes and b"\n" in data:
+            if begin > start and b"\n" in data:
                 data = data[data.index(b"\n") + 1:]  # drop the partial first line
             return data.decode(errors="replace").splitlines()[-max_lines:]
     return []

@@ -615,7 +615,7 @@ class AgentSupervisor:
         remove_pid_file(self.pid_file)
         if intent is not None and intent != health_mod.DEAD:
             proc.kill_leftovers()  # we ended it: take its forked workers too
-        fields = self._record_exit(info)
+        fields = self._record_exit(info, proc)
         ran_for = time.monotonic() - proc.started_mono
         log_fn = log.info if intent is not None else log.warning
         log_fn("agent pid %d %s after %.1fs", proc.pid, info.describe(), ran_for)
@@ -631,8 +631,8 @@ class AgentSupervisor:
             return
         self._after_exit(intent or "exited", ran_for)
 
-    def _record_exit(self, info: ExitInfo) -> dict[str, Any]:
-        tail = tail_lines(self.stderr_log, _STDERR_TAIL_LINES)
+    def _record_exit(self, info: ExitInfo, proc: AgentProcess) -> dict[str, Any]:
+        tail = tail_lines(self.stderr_log, _STDERR_TAIL_LINES, since=proc.stderr_offset)
         record = {"code": info.code, "signal": info.signal, "at": rfc3339(info.at), "stderr_tail": tail,
                   "known": info.known}
         with self._lock:
