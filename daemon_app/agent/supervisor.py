@@ -637,8 +637,8 @@ class AgentSupervisor:
                   "known": info.known}
         with self._lock:
             self._last_exit = record
-        out: dict[str, Any] = {"pid": proc.pid, "exit_code": info.code, "signal": info.signal, "exit_known": info.known,
-                               "stderr_tail": tail}
+        out: dict[str, Any] = {"pid": proc.pid, "exit_code": info.code, "signal": info.signal,
+                               "exit_known": info.known, "stderr_tail": tail}
         if info.signal is not None:
             out["signal_name"] = signal.Signals(info.signal).name
         return out
