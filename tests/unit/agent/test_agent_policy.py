@@ -68,7 +68,8 @@ def test_health_checker_heartbeat_timeout_and_dead():
 
 def test_resource_sampler_covers_the_process_tree():
     sleeper = "import time; time.sleep(30)"
-    code = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(30)"
+    code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); "
+            "time.sleep(30)")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
         sampler = health.ResourceSampler(proc.pid)
