@@ -42,6 +42,8 @@ class ResourceSampler:
             children = self._root.children(recursive=True)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
+        except psutil.AccessDenied:
+            return self.last  # e.g. an adopted Agent now running as another user: keep the last figures
         for child in children:
             try:
                 with child.oneshot():

@@ -132,6 +132,7 @@ class HeartbeatServer:
         self._gid: int | None = None
         self._members: frozenset[str] = frozenset()
         self._listener: socket.socket | None = None
+        self._bound: tuple[int, int] = (0, 0)  # (dev, inode) of our socket file, to unlink only ours
         self._conns: dict[int, _Conn] = {}
         self._sel: selectors.DefaultSelector | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -170,7 +171,8 @@ class HeartbeatServer:
         if self._listener is not None:
             # Unlink only our own socket: a newer daemon may already have bound a fresh one there.
             try:
-                if os.stat(self.path).st_ino == os.fstat(self._listener.fileno()).st_ino:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._bound:
                     os.unlink(self.path)
             except OSError:
                 pass
@@ -217,6 +219,8 @@ class HeartbeatServer:
             if self._gid is not None:
                 os.chown(tmp_path, -1, self._gid)
             os.replace(tmp_path, self.path)
+            st = os.lstat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
             sock.listen(128)
             sock.setblocking(False)
         except OSError as exc:

@@ -16,6 +16,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import select
 import selectors
 import signal
 import threading
@@ -52,6 +53,12 @@ _KILL_GRACE = 5.0  # after SIGKILL, how long stop_agent() waits before it report
 _LOG_CHECK_EVERY = 2.0
 _CALL_TIMEOUT = 30.0
 _STDERR_TAIL_LINES = 20
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def backoff_delay(attempt: int, base: float, maximum: float) -> float:
@@ -380,13 +387,14 @@ class AgentSupervisor:
         self._attach(proc)
         self._set_state(STARTING)
         self._timers["promote"] = time.monotonic() + a.start_seconds
-        self.emit("started", start_time=rfc3339(proc.started_at), binary=a.binary_path)
+        # Before any plugin runs: if the daemon dies now, the next one must still find this Agent.
         try:
             write_pid_file(self.pid_file, proc.pid, proc.start_ticks, a.binary_path)
         except OSError as exc:
             log.error("D3001 agent: cannot write pid file %s (the next daemon cannot adopt pid %d): %s",
                       self.pid_file, proc.pid, exc, extra={"code": "D3001"})
         self._timers.setdefault("logs", time.monotonic() + _LOG_CHECK_EVERY)
+        self.emit("started", start_time=rfc3339(proc.started_at), binary=a.binary_path)
 
     def _spawn_or_retry(self) -> None:
         """Spawn; if the binary cannot be executed, the restart policy takes over and D3001 is raised."""
@@ -528,15 +536,19 @@ class AgentSupervisor:
     def _timer_health(self) -> None:
         if self.state != RUNNING or self._health is None:
             return
-        assert self._running_since is not None
+        assert self._running_since is not None and self._proc is not None
         hc = self.cfg.agent.health_check
+        # Next tick first: a check that raises must not end health checking.
+        self._timers["health"] = time.monotonic() + hc.interval
         last = self._last_hb_mono if self._last_hb_mono is not None else self._running_since
         reason = self._health.check(max(last, self._running_since))
         with self._lock:
             self._health_checks += 1
             self._sample = self._health.sampler.last
         if reason is None:
-            self._timers["health"] = time.monotonic() + hc.interval
+            return
+        if reason == health_mod.DEAD and _readable(self._proc.pidfd):
+            self._on_exit()  # an ordinary exit the loop has not picked up yet: not "unhealthy"
             return
         details = self._unhealthy_details(reason)
         err = AgentHealthError(f"agent pid {self.pid} unhealthy: {reason} ({details}); restarting")
@@ -696,10 +708,17 @@ class AgentSupervisor:
         if (a.socket_path, a.socket_mode, a.socket_group) != (old.socket_path, old.socket_mode,
                                                               old.socket_group):
             new = self._new_server(a)
-            if self._server is not None:
-                self._server.stop()
-            new.start()
-            self._server = new
+            try:
+                new.start()
+            except AgentStartError as exc:
+                log.error("%s; heartbeats stay on %s", exc, old.socket_path, extra={"code": exc.code})
+            else:
+                if self._server is not None:
+                    self._server.stop()
+                self._server = new
+                if self._proc is not None and a.socket_path != old.socket_path:
+                    log.warning("agent pid %d still has AGENT_SOCKET=%s; it gets the new path at its "
+                                "next start", self.pid, old.socket_path)
         hc = a.health_check
         if self._health is not None:
             self._health.configure(heartbeat_timeout=hc.heartbeat_timeout, cpu_threshold=hc.cpu_threshold,

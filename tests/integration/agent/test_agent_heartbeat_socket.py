@@ -162,3 +162,24 @@ def test_peer_credentials_reject_strangers_and_admit_the_socket_group(harness):
     assert _connect_as(path, 4321, nogroup) == 1  # in the socket group: kept
     assert sup.status()["socket_counters"]["rejected"] == 1
     wait_until(lambda: sup.status()["heartbeats_foreign"] == 1, 5, what="its heartbeat seen as foreign")
+
+
+def test_a_superseded_receiver_does_not_unlink_its_successors_socket(harness):
+    from daemon_app.agent.heartbeat import HeartbeatServer
+
+    os.makedirs(harness.dir, exist_ok=True)
+    path = os.path.join(harness.dir, "hb.sock")
+    got = []
+    old = HeartbeatServer(path, 0o600, "", got.append, lambda pid: False)
+    new = HeartbeatServer(path, 0o600, "", got.append, lambda pid: False)
+    old.start()
+    new.start()
+    try:
+        old.stop()
+        s = connect(path)
+        s.sendall(json.dumps(GOOD).encode() + b"\n")
+        wait_until(lambda: new.counters.lines == 1, 5, what="the line at the new receiver")
+        s.close()
+    finally:
+        new.stop()
+    assert not os.path.exists(path) and len(got) == 1

@@ -274,3 +274,17 @@ def test_stable_running_resets_the_restart_count(harness):
     wait_until(lambda: sup.agent_status()["restart_count"] == 0, 5, what="count reset after stable run")
     os.kill(harness.track(sup.pid), signal.SIGKILL)
     assert rec.wait_for("restarting", 2)["delay"] == 0.0  # back to the start of the schedule
+
+
+def test_reload_applies_new_health_timings_and_a_new_socket(harness):
+    sup, rec = harness.supervisor(args=["--no-heartbeat"], health_check={"heartbeat_timeout": "60s"})
+    wait_until(lambda: sup.state == "RUNNING", 10, what="RUNNING")
+    harness.track(sup.pid)
+    new_socket = os.path.join(harness.dir, "other.sock")
+    sup.reload(harness.config(args=["--no-heartbeat"], socket_path=new_socket,
+                              health_check={"heartbeat_timeout": "500ms"}))
+    assert rec.wait_for("unhealthy", 1, timeout=10)["reason"] == "heartbeat_timeout"
+    assert stat.S_ISSOCK(os.stat(new_socket).st_mode)
+    assert not os.path.exists(os.path.join(harness.dir, "agent.sock"))
+    rec.wait_for("started", 2)
+    assert environ_of(harness.track(sup.pid))["AGENT_SOCKET"] == new_socket
