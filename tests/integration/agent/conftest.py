@@ -100,13 +100,14 @@ class Harness:
         return pid
 
     def cleanup(self) -> None:
+        # Stop watching first, so no supervisor starts another Agent while we collect the pids.
+        for sup in self.supervisors:
+            if sup._thread is not None:
+                sup.stop(time.monotonic() + 2)
+            self.track(sup.pid)
         for recorder in self.recorders:
             for event in recorder.events:
                 self.track(event.get("pid", 0))
-        for sup in self.supervisors:
-            self.track(sup.pid)
-            if sup._thread is not None:
-                sup.stop(time.monotonic() + 2)
         for pid in self.pids:
             for kill in (os.killpg, os.kill):
                 try:

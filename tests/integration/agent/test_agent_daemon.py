@@ -63,7 +63,14 @@ def test_sigterm_leaves_the_agent_running_and_the_next_daemon_adopts_it(harness,
     cfg_path = write_config(os.path.join(work, "daemon.yaml"),
                             base_config(work, agent=agent, daemon={"report_interval": "1h"}))
     socket_path = agent["socket_path"]
+    try:
+        check_adoption(harness, daemon_processes, work, cfg_path, socket_path)
+    finally:
+        for pid in agents_on(socket_path):  # whatever happened, leave no Agent behind
+            harness.track(pid)
 
+
+def check_adoption(harness, daemon_processes, work: str, cfg_path: str, socket_path: str) -> None:
     first = daemon_processes(cfg_path)
     wait_until(lambda: "running" in [e["type"] for e in read_events(work)], 20, what="Agent RUNNING")
     with open(os.path.join(work, "agent.pid")) as fh:
