@@ -99,7 +99,6 @@ class AgentSupervisor:
         self._timers: dict[str, float] = {}
         self._intent: str | None = None
         self._kill_grace = 0.0
-        self._pending_reason = ""
         self._server: HeartbeatServer | None = None
         self._health: health_mod.HealthChecker | None = None
         self._running_since: float | None = None
@@ -121,7 +120,11 @@ class AgentSupervisor:
     # --- Service -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Listen for heartbeats, then adopt the running Agent or start one. D3001 if that fails."""
+        """Listen for heartbeats, then adopt the running Agent or start one.
+
+        D3001 AgentStartError when the heartbeat socket cannot be created. An Agent that cannot be
+        started is logged (D3001) and left to the restart policy; the daemon runs on.
+        """
         a = self.cfg.agent
         self._server = self._new_server(a)
         self._server.start()
@@ -233,7 +236,7 @@ class AgentSupervisor:
             raise AgentStopError(f"agent: restart of pid {old} did not complete (state {self.state})")
 
     def reset(self) -> None:
-        """Zero the restart count; a FATAL Agent is started again."""
+        """Zero the restart count; a FATAL Agent is started again (D3001 if it cannot be executed)."""
         self._call(self._reset)
 
     def wait_for_heartbeat(self, version: str | None, timeout: float) -> bool:
@@ -674,7 +677,6 @@ class AgentSupervisor:
         delay = backoff_delay(attempt, r.backoff_base, r.backoff_max)
         self.emit("restarting", reason=reason, delay=delay, attempt=attempt + 1)
         if delay > 0:
-            self._pending_reason = reason
             self._set_state(BACKOFF)
             self._timers["backoff"] = time.monotonic() + delay
             self.emit("backoff", reason=reason, delay=delay, attempt=attempt + 1)

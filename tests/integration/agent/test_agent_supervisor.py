@@ -217,6 +217,12 @@ def test_stop_agent_stays_stopped_and_start_agent_and_heartbeat_wait(harness):
     assert rec.of("updated")[0] == dict(event, _mono=rec.of("updated")[0]["_mono"])
     assert event["state"] == sup.state and event["pid"] == sup.pid
     assert rec.types()[-4:] == ["stopped", "started", "running", "updated"]
+    before = sup.pid
+    sup.restart_agent()
+    assert harness.track(sup.pid) not in (0, before) and sup.state in ("STARTING", "RUNNING")
+    rec.wait_for("started", 3)
+    assert rec.types()[rec.types().index("updated") + 1:][:3] == ["exited", "restarting", "started"]
+    assert rec.of("restarting")[-1]["reason"] == "requested"
 
 
 def test_stop_escalates_to_sigkill_for_the_whole_group(harness):
