@@ -46,7 +46,7 @@ def report(report: dict[str, Any]) -> None:
 def on_agent_event(event: dict[str, Any]) -> None:
     """Called on every Agent state change, in order.
 
-    `event["type"]` is one of started, adopted, exited, backoff, restarting, unhealthy, fatal,
+    `event["type"]` is one of started, running, adopted, exited, backoff, restarting, unhealthy, fatal,
     stopped, updated, rolled_back; the event also carries `state`, `pid`, `timestamp` and, where
     they apply, `exit_code`/`signal`/`stderr_tail` (exited), `delay` (backoff) and `reason`
     (unhealthy, restarting, rolled_back). Side effects only; called from the supervisor's thread,
