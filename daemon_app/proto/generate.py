@@ -12,22 +12,24 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent.parent.parent / "proto"
 OUT_DIR = Path(__file__).resolve().parent
-GENERATED = ("daemon_pb2.py", "daemon_pb2_grpc.py", "daemon_pb2.pyi")
+GENERATED = ("daemon_pb2.py", "daemon_pb2_grpc.py")
 
 
-def generate(out_dir: str | os.PathLike[str] = OUT_DIR, proto_dir: str | os.PathLike[str] = PROTO_DIR) -> list[Path]:
+def generate(out_dir: str | os.PathLike[str] = OUT_DIR,
+             proto_dir: str | os.PathLike[str] = PROTO_DIR) -> list[Path]:
     """Run grpc_tools.protoc into `out_dir`; make the grpc module's import package-relative."""
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{proto_dir}", f"--python_out={tmp}", f"--pyi_out={tmp}",
+        args = ["protoc", f"-I{proto_dir}", f"--python_out={tmp}",
                 f"--grpc_python_out={tmp}", str(Path(proto_dir) / "daemon.proto")]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {proto_dir}/daemon.proto")
         grpc_py = Path(tmp) / "daemon_pb2_grpc.py"
-        text = re.sub(r"^import daemon_pb2 as daemon__pb2$", "from daemon_app.proto import daemon_pb2 as daemon__pb2",
-                      grpc_py.read_text(), flags=re.M)
+        text = re.sub(r"^import daemon_pb2 as daemon__pb2$",
+                      "from daemon_app.proto import daemon_pb2 as daemon__pb2", grpc_py.read_text(),
+                      flags=re.M)
         grpc_py.write_text(text)
         written = []
         for name in GENERATED:
