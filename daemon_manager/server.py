@@ -254,6 +254,35 @@ class CommandPoller:
                 self.service.waiters[node_id].set()
 
 
+def _generic_handler(service: DaemonService) -> grpc.GenericRpcHandler:
+    """The service's methods, with requests parsed here so that garbage becomes INVALID_ARGUMENT
+    (gRPC's own deserializer would answer UNKNOWN and log a traceback per bad message)."""
+    from google.protobuf.message import DecodeError
+
+    def wrap(method: Any, request_type: Any) -> Any:
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"not a valid {request_type.DESCRIPTOR.full_name} message")
+            return await method(request, context)
+        return handle
+
+    def unary(method: Any, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(wrap(method, request_type),
+                                                   response_serializer=response_type.SerializeToString)
+
+    return grpc.method_handlers_generic_handler("daemon.v1.DaemonService", {
+        "Register": unary(service.Register, pb.RegisterRequest, pb.RegisterResponse),
+        "Heartbeat": unary(service.Heartbeat, pb.HeartbeatRequest, pb.HeartbeatResponse),
+        "ReportMetrics": unary(service.ReportMetrics, pb.ReportBatch, pb.ReportAck),
+        "ReportCommandStatus": unary(service.ReportCommandStatus, pb.CommandStatus, pb.CommandStatusAck),
+        "Commands": grpc.unary_stream_rpc_method_handler(wrap(service.Commands, pb.CommandStreamRequest),
+                                                         response_serializer=pb.Command.SerializeToString),
+    })
+
+
 def server_credentials(tls_dir: str) -> grpc.ServerCredentials:
     d = Path(tls_dir)
     return grpc.ssl_server_credentials([((d / "server.key").read_bytes(), (d / "server.crt").read_bytes())],
@@ -276,7 +305,7 @@ class ManagerServer:
         self.store = Store(self.db_path)
         service = DaemonService(self.store, self.heartbeat_interval_ms)
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_DaemonServiceServicer_to_server(service, self._server)
+        self._server.add_generic_rpc_handlers((_generic_handler(service),))
         port = self._server.add_secure_port(self.listen, server_credentials(self.tls_dir))
         if not port:
             raise OSError(f"cannot listen on {self.listen}")
