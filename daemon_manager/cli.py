@@ -59,7 +59,8 @@ def pki_init(directory: str, nodes: tuple[str, ...]) -> None:
 
 
 @main.command("serve")
-@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT; port 0 picks a free one.")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True,
+              help="HOST:PORT; port 0 picks a free one.")
 @DB_OPTION
 @click.option("--tls-dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="Directory with ca.crt, server.crt and server.key (see `pki init`).")
@@ -104,8 +105,9 @@ def nodes_cmd(db_path: str, fmt: str) -> None:
     click.echo(f"{'NODE':<38} {'HOSTNAME':<20} {'IP':<16} {'OS':<22} {'DAEMON':<8} {'AGENT':<8} "
                f"{'LAST SEEN':<21} AGENT STATE")
     for n in rows:
-        click.echo(f"{n['node_id']:<38} {n['hostname'] or '-':<20} {n['ip'] or '-':<16} {(n['os'] or '-')[:22]:<22} "
-                   f"{n['daemon_version'] or '-':<8} {n['agent_version'] or '-':<8} {_when(n['last_seen']):<21} "
+        click.echo(f"{n['node_id']:<38} {n['hostname'] or '-':<20} {n['ip'] or '-':<16} "
+                   f"{(n['os'] or '-')[:22]:<22} {n['daemon_version'] or '-':<8} "
+                   f"{n['agent_version'] or '-':<8} {_when(n['last_seen']):<21} "
                    f"{n['agent_state'] or '-'}")
 
 

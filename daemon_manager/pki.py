@@ -99,7 +99,8 @@ class CertificateAuthority:
         return cls(Issued(cert, key))
 
     @classmethod
-    def load(cls, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> CertificateAuthority:
+    def load(cls, cert_path: str | os.PathLike[str],
+             key_path: str | os.PathLike[str]) -> CertificateAuthority:
         cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey), "the development CA uses EC keys"

@@ -102,8 +102,8 @@ def validate_report(report: pb.Report, node_id: str) -> dict[str, Any]:
             raise Invalid(f"report {report.seq}: metrics[{name[:40]}].values must be a JSON object")
         if group["timestamp"]:
             _timestamp(group["timestamp"], f"report {report.seq}: metrics[{name[:40]}].timestamp")
-    data["extra"] = {k: v for k, v in data.items()
-                     if k not in ("node_id", "seq", "timestamp", "metrics", "agent_status", "logs", "outbox_dropped")}
+    known = ("node_id", "seq", "timestamp", "metrics", "agent_status", "logs", "outbox_dropped")
+    data["extra"] = {k: v for k, v in data.items() if k not in known}
     return data
 
 
@@ -149,12 +149,14 @@ class DaemonService(pb_grpc.DaemonServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is not registered")
         if node["cert_cn"] != peer.cn:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"node {node_id} belongs to certificate CN {node['cert_cn']!r}, not {peer.cn!r}")
+                                f"node {node_id} belongs to certificate CN {node['cert_cn']!r}, "
+                                f"not {peer.cn!r}")
         return peer
 
     # --- RPCs ------------------------------------------------------------------------------------
 
-    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
+    async def Register(self, request: pb.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         peer = self._peer(context)
         try:
             validate_node(request.node)
@@ -171,9 +173,12 @@ class DaemonService(pb_grpc.DaemonServiceServicer):
         return pb.RegisterResponse(node_id=request.node.node_id, acked_seq=acked,
                                    heartbeat_interval_ms=self.heartbeat_interval_ms)
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+    async def Heartbeat(self, request: pb.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
         await self._known(request.node_id, context)
-        agent = messages.agent_status_from_pb(request.agent_status) if request.HasField("agent_status") else None
+        agent = None
+        if request.HasField("agent_status"):
+            agent = messages.agent_status_from_pb(request.agent_status)
         self.store.heartbeat(request.node_id, agent, request.outbox_depth, request.outbox_dropped)
         return pb.HeartbeatResponse(next_interval_ms=self.heartbeat_interval_ms)
 
@@ -191,7 +196,8 @@ class DaemonService(pb_grpc.DaemonServiceServicer):
         last_seq = max((r.seq for r in request.reports), default=0)
         stored, dups, acked = self.store.store_reports(request.node_id, good, last_seq)
         if rejected:
-            log.warning("node %s: refused %d invalid report(s): %s", request.node_id, len(rejected), errors[0])
+            log.warning("node %s: refused %d invalid report(s): %s", request.node_id, len(rejected),
+                        errors[0])
         return pb.ReportAck(acked_seq=acked, stored=stored, duplicates=dups, rejected_seqs=rejected,
                             error="; ".join(errors[:5]))
 
@@ -199,7 +205,8 @@ class DaemonService(pb_grpc.DaemonServiceServicer):
                                   context: grpc.aio.ServicerContext) -> pb.CommandStatusAck:
         await self._known(request.node_id, context)
         if request.state not in STATES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown command state {request.state[:40]!r}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown command state {request.state[:40]!r}")
         if len(request.message) > 65536 or len(request.command_id) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "command status fields too long")
         accepted = self.store.record_status(request.node_id, request)
@@ -285,8 +292,9 @@ def _generic_handler(service: DaemonService) -> grpc.GenericRpcHandler:
 
 def server_credentials(tls_dir: str) -> grpc.ServerCredentials:
     d = Path(tls_dir)
-    return grpc.ssl_server_credentials([((d / "server.key").read_bytes(), (d / "server.crt").read_bytes())],
-                                       root_certificates=(d / "ca.crt").read_bytes(), require_client_auth=True)
+    pair = ((d / "server.key").read_bytes(), (d / "server.crt").read_bytes())
+    return grpc.ssl_server_credentials([pair], root_certificates=(d / "ca.crt").read_bytes(),
+                                       require_client_auth=True)
 
 
 class ManagerServer:

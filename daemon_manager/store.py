@@ -66,12 +66,14 @@ class Store:
                        agent_version, registered_at, last_seen, cert_cn, cert_serial)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(node_id) DO UPDATE SET hostname=excluded.hostname, ip=excluded.ip,
-                       peer=excluded.peer, os=excluded.os, arch=excluded.arch, labels_json=excluded.labels_json,
+                       peer=excluded.peer, os=excluded.os, arch=excluded.arch,
+                       labels_json=excluded.labels_json,
                        daemon_version=excluded.daemon_version, agent_version=excluded.agent_version,
                        registered_at=excluded.registered_at, last_seen=excluded.last_seen,
                        cert_cn=excluded.cert_cn, cert_serial=excluded.cert_serial""",
-                (info.node_id, info.hostname, info.ip, peer, info.os, info.arch, json.dumps(dict(info.labels)),
-                 info.daemon_version, info.agent_version, now, now, cert_cn, cert_serial))
+                (info.node_id, info.hostname, info.ip, peer, info.os, info.arch,
+                 json.dumps(dict(info.labels)), info.daemon_version, info.agent_version, now, now, cert_cn,
+                 cert_serial))
         row = self.db.execute("SELECT acked_seq FROM nodes WHERE node_id = ?", (info.node_id,)).fetchone()
         return int(row[0])
 
@@ -91,17 +93,16 @@ class Store:
 
     def heartbeat(self, node_id: str, agent: dict[str, Any] | None, depth: int, dropped: int) -> None:
         with self.db:
-            if agent is None:
-                self.db.execute("UPDATE nodes SET last_seen=?, outbox_depth=?, outbox_dropped=? WHERE node_id=?",
-                                (time.time(), depth, dropped, node_id))
-            else:
-                self.db.execute("UPDATE nodes SET last_seen=?, outbox_depth=?, outbox_dropped=?, agent_state=?, "
-                                "agent_status_json=? WHERE node_id=?",
-                                (time.time(), depth, dropped, agent.get("state", ""), json.dumps(agent), node_id))
+            self.db.execute("UPDATE nodes SET last_seen=?, outbox_depth=?, outbox_dropped=? WHERE node_id=?",
+                            (time.time(), depth, dropped, node_id))
+            if agent is not None:
+                self.db.execute("UPDATE nodes SET agent_state=?, agent_status_json=? WHERE node_id=?",
+                                (agent.get("state", ""), json.dumps(agent), node_id))
 
     # --- reports ---------------------------------------------------------------------------------
 
-    def store_reports(self, node_id: str, reports: list[dict[str, Any]], last_seq: int) -> tuple[int, int, int]:
+    def store_reports(self, node_id: str, reports: list[dict[str, Any]],
+                      last_seq: int) -> tuple[int, int, int]:
         """Store reports once each (a repeat of (node, seq) is ignored). Returns (stored, duplicates,
         acked_seq) where acked_seq covers `last_seq`, the highest seq in the batch."""
         now = time.time()
@@ -111,7 +112,8 @@ class Store:
             for r in reports:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO reports (node_id, seq, timestamp, received_at, outbox_dropped, "
-                    "metrics_json, agent_status_json, logs_json, extra_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "metrics_json, agent_status_json, logs_json, extra_json) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (node_id, r["seq"], r["timestamp"], now, r["outbox_dropped"], json.dumps(r["metrics"]),
                      json.dumps(r["agent_status"]) if r["agent_status"] is not None else None,
                      json.dumps(r["logs"]), json.dumps(r.get("extra") or {})))
@@ -178,8 +180,8 @@ class Store:
 
     def mark_sent(self, command_id: str) -> None:
         with self.db:
-            self.db.execute("UPDATE commands SET state = 'sent', updated_at = ? WHERE id = ? AND state = 'queued'",
-                            (time.time(), command_id))
+            self.db.execute("UPDATE commands SET state = 'sent', updated_at = ? "
+                            "WHERE id = ? AND state = 'queued'", (time.time(), command_id))
 
     def record_status(self, node_id: str, status: pb.CommandStatus) -> bool:
         """Keep every status row; the command's state becomes the latest. False for an unknown command."""
@@ -194,13 +196,14 @@ class Store:
                                     (status.command_id, node_id)).fetchone()
             if not known:
                 return False
+            result_json = json.dumps(result) if result else None
             self.db.execute("INSERT INTO command_status (command_id, node_id, state, percent, message, "
                             "result_json, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (status.command_id, node_id, status.state, status.percent, status.message,
-                             json.dumps(result) if result else None, now))
-            self.db.execute("UPDATE commands SET state = ?, updated_at = ?, result_json = COALESCE(?, result_json) "
-                            "WHERE id = ?", (status.state, now, json.dumps(result) if result else None,
-                                             status.command_id))
+                             result_json, now))
+            self.db.execute("UPDATE commands SET state = ?, updated_at = ?, "
+                            "result_json = COALESCE(?, result_json) WHERE id = ?",
+                            (status.state, now, result_json, status.command_id))
         return True
 
     def commands(self, node_id: str | None = None) -> list[dict[str, Any]]:

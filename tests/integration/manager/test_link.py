@@ -154,7 +154,8 @@ def _outage(manager: Manager, work: Path, seconds: float, kill_daemon=None) -> N
 
 
 @pytest.mark.timeout(OUTAGE_SECONDS + 90)
-def test_manager_outage_loses_nothing_and_stores_each_report_once(manager, pki_dir, tmp_path, daemon_processes):
+def test_manager_outage_loses_nothing_and_stores_each_report_once(manager, pki_dir, tmp_path,
+                                                                  daemon_processes):
     work = tmp_path / "d"
     proc = daemon_processes(daemon_config(work, manager.address, node_tls(pki_dir)))
     _outage(manager, work, OUTAGE_SECONDS)
@@ -212,7 +213,8 @@ def test_a_full_outbox_drops_the_oldest_and_reports_the_count(pki_dir, tmp_path,
     try:
         store = manager.store()
         node_id = _node_id(work)
-        stored = wait_until(lambda: store.reports(node_id), timeout=20, what="reports after the Manager came up")
+        stored = wait_until(lambda: store.reports(node_id), timeout=20,
+                            what="reports after the Manager came up")
         assert stored[0]["seq"] > 1, "the oldest reports were dropped"
         assert stored[0]["outbox_dropped"] >= 5
         assert proc.stop() == 0

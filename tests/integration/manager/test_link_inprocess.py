@@ -31,6 +31,10 @@ class EngineStandIn:
         return True
 
 
+def _in_state(store, state: str):
+    return next((c for c in store.commands("link-node") if c["state"] == state), None)
+
+
 def _link(work, address, pki_dir, node_id="link-node") -> ManagerLink:
     cfg = config.validate(base_config(work, manager={
         "address": address, "tls": node_tls(pki_dir), "reconnect_interval": "50ms", "reconnect_max": "200ms",
@@ -71,8 +75,7 @@ def test_commands_reach_the_engine_as_plain_dicts_once(manager, tmp_path, pki_di
         link.send_command_status(cid, "completed", 100.0, "done",
                                  {"success": True, "old_version": "1.0.0", "new_version": "2.0.0",
                                   "component": "agent"})
-        command = wait_until(lambda: next((c for c in store.commands("link-node") if c["state"] == "completed"),
-                                          None), timeout=10, what="the final status")
+        command = wait_until(lambda: _in_state(store, "completed"), timeout=10, what="the final status")
         assert command["result"] == {"success": True, "old_version": "1.0.0", "new_version": "2.0.0",
                                      "error": "", "rolled_back": False, "component": "agent"}
         assert len(link.engine.commands) == 1
@@ -103,8 +106,8 @@ def test_a_final_command_status_survives_an_outage_and_a_restart(tmp_path, pki_d
         second = _link(tmp_path, f"127.0.0.1:{port}", pki_dir)
         second.start()
         try:
-            command = wait_until(lambda: next((c for c in store.commands("link-node") if c["state"] == "failed"),
-                                              None), timeout=15, what="the durable final status")
+            command = wait_until(lambda: _in_state(store, "failed"), timeout=15,
+                                 what="the durable final status")
             assert command["result"]["error"] == "D3001 agent did not start"
             wait_until(lambda: second.status()["pending_command_statuses"] == 0, timeout=5,
                        what="the status to leave the outbox")

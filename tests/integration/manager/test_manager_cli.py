@@ -40,7 +40,8 @@ def test_pki_init_writes_development_certificates_marked_as_such(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_serve_prints_its_address_first_stores_a_daemon_and_stops_on_sigterm(pki_dir, tmp_path, daemon_processes):
+def test_serve_prints_its_address_first_stores_a_daemon_and_stops_on_sigterm(pki_dir, tmp_path,
+                                                                             daemon_processes):
     db = str(tmp_path / "m.db")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     serve = subprocess.Popen([sys.executable, "-m", "daemon_manager", "serve", "--listen", "127.0.0.1:0",
@@ -65,7 +66,8 @@ def test_serve_prints_its_address_first_stores_a_daemon_and_stops_on_sigterm(pki
         wait_until(lambda: len(json.loads(_manager("reports", "--db", db, "--node", node_id, "--format",
                                                    "json").stdout)) >= 2, timeout=20, what="two reports")
         assert daemon.stop() == 0
-        last = json.loads(_manager("reports", "--db", db, "--node", node_id, "--last", "1", "--format", "json").stdout)
+        last = json.loads(_manager("reports", "--db", db, "--node", node_id, "--last", "1", "--format",
+                                   "json").stdout)
         assert len(last) == 1 and {"seq", "timestamp", "metrics"} <= set(last[0])
         table = _manager("reports", "--db", db, "--node", node_id)
         assert table.returncode == 0 and "SEQ" in table.stdout

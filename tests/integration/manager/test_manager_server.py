@@ -50,7 +50,8 @@ def test_garbage_and_oversized_messages_are_rejected_and_the_manager_keeps_servi
         assert _code(lambda: stub.ReportMetrics(pb.ReportBatch(node_id="n1", reports=[_report(1)]),
                                                 timeout=5)) == grpc.StatusCode.FAILED_PRECONDITION
         # Still healthy: a proper node registers and reports.
-        assert stub.Register(pb.RegisterRequest(node=pb.NodeInfo(node_id="n1", hostname="h")), timeout=5).node_id == "n1"
+        reg = stub.Register(pb.RegisterRequest(node=pb.NodeInfo(node_id="n1", hostname="h")), timeout=5)
+        assert reg.node_id == "n1"
         ack = stub.ReportMetrics(pb.ReportBatch(node_id="n1", reports=[_report(1)]), timeout=5)
         assert (ack.acked_seq, ack.stored) == (1, 1)
     store = manager.store()
@@ -85,15 +86,16 @@ def test_a_node_id_stays_bound_to_the_certificate_that_registered_it(manager, pk
     with _channel(manager, pki_dir, "node-a") as a, _channel(manager, pki_dir, "node-b") as b:
         pb_grpc.DaemonServiceStub(a).Register(pb.RegisterRequest(node=pb.NodeInfo(node_id="n1")), timeout=5)
         other = pb_grpc.DaemonServiceStub(b)
-        assert _code(lambda: other.Register(pb.RegisterRequest(node=pb.NodeInfo(node_id="n1")), timeout=5)) == \
-            grpc.StatusCode.PERMISSION_DENIED
+        request = pb.RegisterRequest(node=pb.NodeInfo(node_id="n1"))
+        assert _code(lambda: other.Register(request, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
         assert _code(lambda: other.ReportMetrics(pb.ReportBatch(node_id="n1", reports=[_report(1)]),
                                                  timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
     assert manager.store().reports("n1") == []
 
 
 @pytest.mark.timeout(30)
-def test_commands_queued_by_another_process_are_pushed_promptly_and_redelivered_until_answered(manager, pki_dir):
+def test_commands_queued_by_another_process_are_pushed_promptly_and_redelivered_until_answered(
+        manager, pki_dir):
     with _channel(manager, pki_dir) as channel:
         stub = pb_grpc.DaemonServiceStub(channel)
         stub.Register(pb.RegisterRequest(node=pb.NodeInfo(node_id="n1")), timeout=5)

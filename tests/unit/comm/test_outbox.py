@@ -19,7 +19,7 @@ def test_sequence_numbers_grow_and_survive_reopen(tmp_path):
 
 def test_ack_removes_everything_up_to_the_seq_and_numbers_never_restart(tmp_path):
     box = Outbox(str(tmp_path / "o.db"), 1 << 20)
-    for i in range(5):
+    for _ in range(5):
         box.enqueue(b"x" * 10)
     assert box.ack(3) == 3
     assert [s for s, _ in box.peek(10)] == [4, 5]
