@@ -64,6 +64,7 @@ class ManagerLink:
         self._channel: Any = None
         self._gen = 0
         self._phase = "connect"
+        self._stream_error: Exception | None = None
         self._state = "stopped"
         self._connected = False
         self._registered = False
@@ -219,7 +220,9 @@ class ManagerLink:
         if mcfg.server_name:
             options.append(("grpc.ssl_target_name_override", mcfg.server_name))
         self._reconnect = False
+        self._stream_error = None
         self._phase = "connect"
+        self._stream_error: Exception | None = None
         channel = grpc.secure_channel(mcfg.address, creds, options=options)
         with self._cond:
             self._channel = channel
@@ -262,6 +265,9 @@ class ManagerLink:
                     raise _Reconnect()
             if self._reconnect:
                 raise _Reconnect()
+            if self._stream_error is not None:
+                self._phase, error, self._stream_error = "commands", self._stream_error, None
+                raise error
             if self._stop.is_set():
                 box = self.outbox
                 if (box.depth == 0 and not box.pending_statuses() and not self._progress) \
@@ -369,6 +375,9 @@ class ManagerLink:
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED) and phase == "connect":
             err: Any = ManagerConnectError(f"cannot connect to manager {self.cfg.manager.address}: "
                                            f"{code.name}: {details}")
+        elif phase == "commands":
+            err = ManagerConnectError(f"command stream from manager {self.cfg.manager.address} failed: "
+                                      f"{code.name if code else '?'}: {details}")
         elif phase == "connect":
             err = ManagerRegisterError(f"manager {self.cfg.manager.address} refused registration of node "
                                        f"{self.engine.node_id}: {code.name if code else '?'}: {details}")
@@ -413,9 +422,10 @@ class ManagerLink:
                 if self._stop.is_set() or gen != self._gen or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    log.warning("command stream from manager ended (%s: %s); reopening", exc.code().name,
-                                exc.details(), extra={"code": ManagerConnectError.code})
-                    self._stop.wait(min(1.0, self.cfg.manager.reconnect_interval))
+                    # Let the sender thread reconnect (with backoff): the Manager may be gone.
+                    self._stream_error = exc
+                    self._wake()
+                    return
             except ValueError:  # the channel was closed under us
                 return
 

@@ -115,3 +115,28 @@ def test_a_final_command_status_survives_an_outage_and_a_restart(tmp_path, pki_d
             second.stop(time.monotonic() + 5)
     finally:
         manager.stop()
+
+
+@pytest.mark.timeout(40)
+def test_a_manager_that_goes_away_is_noticed_through_the_command_stream_without_traffic(tmp_path, pki_dir):
+    port = free_port()
+    manager = Manager(str(tmp_path / "manager.db"), pki_dir)
+    manager.start(port)
+    link = _link(tmp_path, f"127.0.0.1:{port}", pki_dir)
+    link.cfg = config.validate(base_config(tmp_path, manager={
+        "address": f"127.0.0.1:{port}", "tls": node_tls(pki_dir), "heartbeat_interval": "1h",
+        "reconnect_interval": "100ms", "reconnect_max": "300ms"}))
+    link.start()
+    try:
+        wait_until(lambda: link.status()["state"] == "ready", timeout=10, what="the link to be ready")
+        manager.stop()
+        wait_until(lambda: not link.status()["connected"] and "D2001" in link.status()["last_error"],
+                   timeout=10, what="the lost Manager to be noticed")
+        manager.start(port)
+        wait_until(lambda: link.status()["state"] == "ready", timeout=10, what="the link to come back")
+        link.report({"timestamp": "2026-11-29T05:07:19.000001Z", "metrics": {}, "agent_status": None,
+                     "logs": []})
+        wait_until(lambda: link.status()["outbox_depth"] == 0, timeout=10, what="the report to be acked")
+    finally:
+        link.stop(time.monotonic() + 5)
+        manager.stop()
