@@ -184,7 +184,7 @@ class ManagerLink:
                 break
             except grpc.RpcError as exc:
                 self._rpc_failed(exc)
-            except ManagerConnectError as exc:
+            except (ManagerConnectError, ManagerReportError) as exc:
                 self._problem(str(exc), exc.code)
             except Exception as exc:  # a bug here must not end reporting for good
                 log.exception("manager link failed")
