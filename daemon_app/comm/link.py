@@ -79,8 +79,8 @@ class ManagerLink:
 
     def start(self) -> None:
         """Check the TLS files (D2001 when missing), open the outbox, start the sender. No network here."""
-        material = tls.load(self.cfg.manager.tls)
-        tls.check_validity(material.cert, self.cfg.manager.tls.cert_file)
+        tls.load(self.cfg.manager.tls)
+        tls.check_validity(self.cfg.manager.tls.cert_file)
         self.outbox  # noqa: B018 - open (and repair) the outbox now, not on the first report
         self._state = "connecting"
         self._thread = threading.Thread(target=self._run, name="manager-link", daemon=True)
@@ -211,8 +211,7 @@ class ManagerLink:
         if material.fingerprint != self._tls_fp:
             if self._tls_fp:
                 log.info("client certificate files changed; using the new ones")
-            tls.check_validity(material.cert, mcfg.tls.cert_file)
-            self._cert = tls.describe_cert(material.cert)
+            self._cert = tls.check_validity(mcfg.tls.cert_file)
             self._tls_fp = material.fingerprint
         creds = grpc.ssl_channel_credentials(root_certificates=material.ca, private_key=material.key,
                                              certificate_chain=material.cert)
