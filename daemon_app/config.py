@@ -207,6 +207,9 @@ SCHEMA: dict[str, Any] = {
         "outbox": {
             "max_bytes": Field("64MiB", "size", minimum=1024),
             "batch_size": Field(100, "int", minimum=1, maximum=10000),
+            "drain_interval": Field("100ms", "duration", minimum=0.0,
+                                    help="pause between batches while catching up, so a Manager that "
+                                    "comes back is not flooded"),
         },
     },
     "agent": {

@@ -1,34 +1,455 @@
-"""Manager link (placeholder until the Manager link issue lands)."""
+"""The Manager link: a gRPC client over mutual TLS that registers, heartbeats, drains the outbox,
+receives pushed commands and reports their progress (seed §3.5.1).
+
+The engine's `report` hook only writes to the durable outbox; one sender thread does all the
+network work, and a second thread holds the command stream open. Neither ever blocks the engine.
+"""
 
 from __future__ import annotations
 
+import collections
+import logging
+import os
+import random
+import threading
+import time
 from typing import Any
 
+from daemon_app.comm import messages, tls
+from daemon_app.comm.outbox import Outbox
+from daemon_app.errors import ManagerConnectError, ManagerRegisterError, ManagerReportError
 from daemon_app.hookspecs import hookimpl
+from daemon_app.metrics import rfc3339
+
+log = logging.getLogger(__name__)
+
+MAX_REPORT_BYTES = 3 * 1024 * 1024  # the reference Manager refuses messages over 4 MiB
+MAX_BATCH_BYTES = 1024 * 1024
+STREAM_SECONDS = 600.0  # the command stream is re-opened this often, so even it has a deadline
+TLS_CHECK_SECONDS = 5.0
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
+
+
+class _Reconnect(Exception):
+    """Leave the connection and open a new one at once (certificates or address changed)."""
+
+
+class _Stopped(Exception):
+    """stop() asked the sender thread to finish."""
 
 
 class ManagerLink:
-    """Engine Service and `report` plugin. Interface: start(), stop(deadline), reload(cfg),
-    status() -> dict; its `report` hook puts each report in the durable outbox."""
+    """Engine Service and `report` plugin (registered as "manager-reporter")."""
 
     name = "manager"
 
     def __init__(self, cfg: Any, engine: Any) -> None:
         self.cfg = cfg
         self.engine = engine
+        self._outbox: Outbox | None = None
+        self._outbox_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._kick = False
+        self._progress: collections.deque[Any] = collections.deque(maxlen=256)
+        self._stop = threading.Event()
+        self._deadline = 0.0
+        self._reconnect = False
+        self._thread: threading.Thread | None = None
+        self._channel: Any = None
+        self._gen = 0
+        self._phase = "connect"
+        self._stream_error: Exception | None = None
+        self._state = "stopped"
+        self._connected = False
+        self._registered = False
+        self._last_contact = 0.0
+        self._last_error = ""
+        self._last_logged = ("", 0.0)
+        self._cert: dict[str, Any] = {}
+        self._tls_fp: tuple[Any, ...] = ()
+        self._heartbeat_override = 0.0
+
+    # --- Service ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        raise NotImplementedError("the Manager link is not implemented yet")
+        """Check the TLS files (D2001 when missing), open the outbox, start the sender. No network here."""
+        tls.load(self.cfg.manager.tls)
+        tls.check_validity(self.cfg.manager.tls.cert_file)
+        self.outbox  # noqa: B018 - open (and repair) the outbox now, not on the first report
+        self._state = "connecting"
+        self._thread = threading.Thread(target=self._run, name="manager-link", daemon=True)
+        self._thread.start()
 
     def stop(self, deadline: float) -> None:
-        return None
+        """Flush what the Manager will take before `deadline`, then close."""
+        self._deadline = deadline
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                log.warning("manager link did not finish flushing by the shutdown deadline; %d report(s) "
+                            "stay in the outbox for the next start", self.outbox.depth)
+        self._close_channel()
+        self._state = "stopped"
+        with self._outbox_lock:
+            if self._outbox is not None and not (self._thread and self._thread.is_alive()):
+                self._outbox.close()
+                self._outbox = None
 
     def reload(self, cfg: Any) -> None:
+        old = self.cfg.manager
         self.cfg = cfg
+        self.outbox.max_bytes = cfg.manager.outbox.max_bytes
+        if (old.address, old.server_name) != (cfg.manager.address, cfg.manager.server_name):
+            self._reconnect = True
+            self._wake()
 
     def status(self) -> dict[str, Any]:
-        return {}
+        box = self.outbox
+        return {
+            "address": self.cfg.manager.address,
+            "state": self._state,
+            "connected": self._connected,
+            "registered": self._registered,
+            "last_contact": rfc3339(self._last_contact) if self._last_contact else None,
+            "outbox_depth": box.depth,
+            "outbox_bytes": box.bytes,
+            "outbox_max_bytes": box.max_bytes,
+            "dropped": box.dropped,
+            "acked_seq": box.acked_seq,
+            "last_seq": box.last_seq,
+            "pending_command_statuses": len(box.pending_statuses()),
+            "last_error": self._last_error,
+            "client_cert": {k: str(v) for k, v in self._cert.items()},
+        }
+
+    # --- what the engine and the command handlers call ---------------------------------------------
+
+    @property
+    def outbox(self) -> Outbox:
+        with self._outbox_lock:
+            if self._outbox is None:
+                limits = self.cfg.manager.outbox
+                self._outbox = Outbox(os.path.join(self.cfg.daemon.work_dir, "outbox.db"), limits.max_bytes,
+                                      max_item_bytes=MAX_REPORT_BYTES)
+            return self._outbox
 
     @hookimpl
     def report(self, report: dict[str, Any]) -> None:
-        return None
+        """Put the report in the durable outbox and wake the sender; never touches the network."""
+        self.outbox.enqueue(messages.report_to_pb(report).SerializeToString())
+        self._wake()
+
+    def send_command_status(self, command_id: str, state: str, percent: float = 0.0, message: str = "",
+                            result: dict[str, Any] | None = None) -> None:
+        """Report a command's progress (best effort) or its end (durable until the Manager acks it)."""
+        if state not in messages.TERMINAL_STATES and state not in messages.PROGRESS_STATES:
+            raise ValueError(f"unknown command state {state!r}")
+        msg = messages.status_to_pb(self.engine.node_id, command_id, state, percent, message, result)
+        if state in messages.TERMINAL_STATES:
+            self.outbox.put_status(command_id, msg.SerializeToString())
+        else:
+            with self._cond:
+                self._progress.append(msg)
+        self._wake()
+
+    # --- the sender thread ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._kick = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        import grpc
+
+        attempt = 0
+        while not self._stop.is_set():
+            self._state = "connecting"
+            try:
+                stub = self._connect(grpc)
+                attempt = 0
+                self._serve(stub)
+            except _Reconnect:
+                self._close_channel()
+                continue
+            except _Stopped:
+                break
+            except grpc.RpcError as exc:
+                self._rpc_failed(exc)
+            except (ManagerConnectError, ManagerReportError) as exc:
+                self._problem(str(exc), exc.code)
+            except Exception as exc:  # a bug here must not end reporting for good
+                log.exception("manager link failed")
+                self._problem(f"D2003 manager link failed: {type(exc).__name__}: {exc}", "D2003")
+            self._close_channel()
+            if self._stop.is_set():
+                break
+            mcfg = self.cfg.manager
+            cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(attempt, 30))
+            delay = random.uniform(0, cap)  # full jitter: a fleet does not come back in step
+            attempt += 1
+            self._state = "backoff"
+            log.debug("reconnecting to %s in %.2fs (attempt %d)", self.cfg.manager.address, delay, attempt)
+            self._stop.wait(delay)
+        self._close_channel()
+        self._state = "stopped"
+
+    def _connect(self, grpc: Any) -> Any:
+        from daemon_app.proto import daemon_pb2 as pb
+        from daemon_app.proto import daemon_pb2_grpc as pb_grpc
+
+        mcfg = self.cfg.manager
+        material = tls.load(mcfg.tls)  # re-read on every connection: rotated files are picked up here
+        if material.fingerprint != self._tls_fp:
+            if self._tls_fp:
+                log.info("client certificate files changed; using the new ones")
+            self._cert = tls.check_validity(mcfg.tls.cert_file)
+            self._tls_fp = material.fingerprint
+        creds = grpc.ssl_channel_credentials(root_certificates=material.ca, private_key=material.key,
+                                             certificate_chain=material.cert)
+        options = list(KEEPALIVE)
+        if mcfg.server_name:
+            options.append(("grpc.ssl_target_name_override", mcfg.server_name))
+        self._reconnect = False
+        self._stream_error = None
+        self._phase = "connect"
+        self._stream_error: Exception | None = None
+        channel = grpc.secure_channel(mcfg.address, creds, options=options)
+        with self._cond:
+            self._channel = channel
+            self._gen += 1
+            gen = self._gen
+        stub = pb_grpc.DaemonServiceStub(channel)
+        agent = self.engine.agent.agent_status() if getattr(self.engine, "agent", None) is not None else {}
+        agent_version = str((agent or {}).get("version") or "")
+        info = messages.node_info(self.engine.node_id, self.cfg, agent_version, rfc3339())
+        resp = stub.Register(pb.RegisterRequest(node=info), timeout=self._call_timeout())
+        self._contact()
+        self._registered = True
+        self._heartbeat_override = resp.heartbeat_interval_ms / 1000.0
+        box = self.outbox
+        box.ensure_seq_after(resp.acked_seq)
+        if resp.acked_seq:
+            box.ack(resp.acked_seq)
+        log.info("registered with manager %s as node %s (client cert CN %s, serial %s); outbox holds %d",
+                 mcfg.address, self.engine.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
+                 box.depth)
+        self._state = "ready"
+        threading.Thread(target=self._stream_commands, args=(grpc, stub, gen), name="manager-commands",
+                         daemon=True).start()
+        return stub
+
+    def _serve(self, stub: Any) -> None:
+        """Send statuses, report batches and heartbeats until the connection fails or we stop."""
+        next_heartbeat = time.monotonic() + self._heartbeat_interval()
+        next_tls_check = time.monotonic() + TLS_CHECK_SECONDS
+        while True:
+            self._send_statuses(stub)
+            more = self._send_batch(stub)
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._heartbeat(stub)
+                next_heartbeat = time.monotonic() + self._heartbeat_interval()
+            if now >= next_tls_check:
+                next_tls_check = now + TLS_CHECK_SECONDS
+                if tls.fingerprint(self.cfg.manager.tls) != self._tls_fp:
+                    raise _Reconnect()
+            if self._reconnect:
+                raise _Reconnect()
+            if self._stream_error is not None:
+                self._phase, error, self._stream_error = "commands", self._stream_error, None
+                raise error
+            if self._stop.is_set():
+                box = self.outbox
+                if (box.depth == 0 and not box.pending_statuses() and not self._progress) \
+                        or time.monotonic() >= self._deadline:
+                    raise _Stopped()
+                continue
+            pause = self.cfg.manager.outbox.drain_interval if more else None
+            wait = min(next_heartbeat, next_tls_check) - time.monotonic()
+            with self._cond:
+                if pause is not None:
+                    self._cond.wait_for(lambda: self._stop.is_set(), timeout=pause)
+                elif not self._kick:
+                    self._cond.wait_for(lambda: self._kick, timeout=max(0.0, wait))
+                self._kick = False
+
+    def _send_statuses(self, stub: Any) -> None:
+        self._phase = "status"
+        while True:
+            with self._cond:
+                if not self._progress:
+                    break
+                msg = self._progress[0]
+            stub.ReportCommandStatus(msg, timeout=self._call_timeout())
+            self._contact()
+            with self._cond:
+                if self._progress and self._progress[0] is msg:
+                    self._progress.popleft()
+        from daemon_app.proto import daemon_pb2 as pb
+
+        for status_id, body in self.outbox.pending_statuses():
+            stub.ReportCommandStatus(pb.CommandStatus.FromString(body), timeout=self._call_timeout())
+            self._contact()
+            self.outbox.remove_status(status_id)
+
+    def _send_batch(self, stub: Any) -> bool:
+        """Send the oldest reports; True when more are waiting."""
+        from daemon_app.proto import daemon_pb2 as pb
+
+        box = self.outbox
+        rows = box.peek(self.cfg.manager.outbox.batch_size)
+        if not rows:
+            return False
+        self._phase = "report"
+        node_id = self.engine.node_id
+        batch = pb.ReportBatch(node_id=node_id)
+        dropped = box.dropped
+        size = 0
+        for seq, body in rows:
+            if size and size + len(body) > MAX_BATCH_BYTES:
+                break
+            size += len(body)
+            report = batch.reports.add()
+            report.MergeFromString(body)
+            report.seq, report.node_id, report.outbox_dropped = seq, node_id, dropped
+        ack = stub.ReportMetrics(batch, timeout=self._call_timeout())
+        self._contact()
+        if ack.rejected_seqs:
+            log.error("D2003 the manager refused report(s) %s for good: %s", list(ack.rejected_seqs),
+                      ack.error, extra={"code": ManagerReportError.code})
+        if ack.acked_seq < batch.reports[0].seq:
+            raise ManagerReportError(f"the manager acknowledged none of reports {batch.reports[0].seq}.."
+                                     f"{batch.reports[-1].seq} (acked_seq {ack.acked_seq})")
+        box.ack(ack.acked_seq)
+        return box.depth > 0
+
+    def _heartbeat(self, stub: Any) -> None:
+        from daemon_app.proto import daemon_pb2 as pb
+
+        self._phase = "heartbeat"
+        box = self.outbox
+        req = pb.HeartbeatRequest(node_id=self.engine.node_id, timestamp=rfc3339(), outbox_depth=box.depth,
+                                  outbox_dropped=box.dropped)
+        if getattr(self.engine, "agent", None) is not None:
+            agent = messages.agent_status_to_pb(self.engine.agent.agent_status())
+            if agent is not None:
+                req.agent_status.CopyFrom(agent)
+        resp = stub.Heartbeat(req, timeout=self._call_timeout())
+        self._contact()
+        self._heartbeat_override = resp.next_interval_ms / 1000.0 or self._heartbeat_override
+
+    def _heartbeat_interval(self) -> float:
+        base = self._heartbeat_override or self.cfg.manager.heartbeat_interval
+        return base * (1.0 + self.cfg.manager.jitter * random.random())
+
+    def _call_timeout(self) -> float:
+        timeout = self.cfg.manager.timeout
+        if self._stop.is_set():
+            timeout = min(timeout, max(0.05, self._deadline - time.monotonic()))
+        return timeout
+
+    def _contact(self) -> None:
+        self._last_contact = time.time()
+        self._connected = True
+        if self._last_error:
+            log.info("manager %s reachable again", self.cfg.manager.address)
+            self._last_error = ""
+            self._last_logged = ("", 0.0)
+
+    def _rpc_failed(self, exc: Any) -> None:
+        import grpc
+
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        phase = getattr(self, "_phase", "connect")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED) and phase == "connect":
+            err: Any = ManagerConnectError(f"cannot connect to manager {self.cfg.manager.address}: "
+                                           f"{code.name}: {details}")
+        elif phase == "commands":
+            err = ManagerConnectError(f"command stream from manager {self.cfg.manager.address} failed: "
+                                      f"{code.name if code else '?'}: {details}")
+        elif phase == "connect":
+            err = ManagerRegisterError(f"manager {self.cfg.manager.address} refused registration of node "
+                                       f"{self.engine.node_id}: {code.name if code else '?'}: {details}")
+        else:
+            err = ManagerReportError(f"{phase} to manager {self.cfg.manager.address} failed: "
+                                     f"{code.name if code else '?'}: {details}")
+        self._problem(str(err), err.code)
+
+    def _problem(self, text: str, code: str) -> None:
+        """Log a failure; the same one again only once a minute, so an outage does not flood the log."""
+        self._connected = False
+        self._registered = False
+        self._last_error = text
+        last_text, last_at = self._last_logged
+        now = time.monotonic()
+        if text != last_text or now - last_at > 60:
+            log.error("%s", text, extra={"code": code})
+            self._last_logged = (text, now)
+        else:
+            log.debug("%s", text, extra={"code": code})
+
+    def _close_channel(self) -> None:
+        with self._cond:
+            channel, self._channel = self._channel, None
+            self._gen += 1
+        self._connected = False
+        if channel is not None:
+            channel.close()
+
+    # --- the command stream -------------------------------------------------------------------------
+
+    def _stream_commands(self, grpc: Any, stub: Any, gen: int) -> None:
+        from daemon_app.proto import daemon_pb2 as pb
+
+        while not self._stop.is_set() and gen == self._gen:
+            try:
+                for cmd in stub.Commands(pb.CommandStreamRequest(node_id=self.engine.node_id),
+                                         timeout=STREAM_SECONDS):
+                    self._contact()
+                    self._on_command(cmd)
+            except grpc.RpcError as exc:
+                if self._stop.is_set() or gen != self._gen or exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # Let the sender thread reconnect (with backoff): the Manager may be gone.
+                    self._stream_error = exc
+                    self._wake()
+                    return
+            except ValueError:  # the channel was closed under us
+                return
+
+    def _on_command(self, cmd: Any) -> None:
+        d = messages.command_to_dict(cmd)
+        cid = d["id"]
+        if not cid or not d["type"]:
+            log.warning("manager sent a command without id or kind; ignored")
+            return
+        if not self.outbox.mark_seen(cid):
+            log.info("command %s was already received; not running it twice", cid)
+            return
+        log.info("command %s (%s) received from the manager", cid, d["type"])
+
+        def dispatch() -> None:
+            try:
+                handled = self.engine.dispatch_command(d)
+                error = "" if handled else f"no handler for command type {d['type']!r} in this daemon"
+            except Exception as exc:  # a failing handler still owes the Manager an answer
+                log.exception("command %s failed in its handler", cid)
+                handled, error = False, f"{type(exc).__name__}: {exc}"
+            if not handled:
+                code = _HANDLER_CODES.get(d["type"], ManagerReportError.code)
+                self.send_command_status(cid, "failed", message=f"{code} {error}",
+                                         result={"success": False, "error": f"{code} {error}",
+                                                 "component": d.get("component", "")})
+
+        self.engine.post("call", dispatch)

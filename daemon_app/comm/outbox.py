@@ -1,0 +1,186 @@
+"""The durable outbox: reports and final command results wait in SQLite (WAL) until the Manager acks them.
+
+Every report gets a sequence number that only grows, across restarts and `kill -9`: the counter
+lives in the same transaction as the row. The queue is bounded in bytes; when a new report does
+not fit, the oldest go and are counted (the count is persisted and travels with every report).
+Terminal command statuses live in a second table and are never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+
+from daemon_app.errors import ManagerReportError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS statuses (id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL,
+                                     body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS seen_commands (command_id TEXT PRIMARY KEY, received_at REAL NOT NULL);
+"""
+SEEN_COMMANDS_KEPT = 1000
+
+
+class Outbox:
+    """Thread-safe: the engine thread enqueues, the sender thread peeks and acks."""
+
+    def __init__(self, path: str, max_bytes: int, max_item_bytes: int | None = None) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        # A report the Manager could never accept would block the queue forever: refuse it up front.
+        self.max_item_bytes = max_item_bytes or max_bytes
+        self._lock = threading.Lock()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:
+            # A damaged file must not keep the daemon from reporting: keep it for forensics, start anew.
+            aside = f"{path}.corrupt-{int(time.time())}"
+            log.error("D2003 outbox %s is unreadable (%s); moved to %s and started a new one", path, exc,
+                      aside, extra={"code": ManagerReportError.code})
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+            self._db = self._open(path)
+        self._depth, self._bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports").fetchone()
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (kill -9); only power loss may take the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        db.execute("SELECT COUNT(*) FROM reports").fetchone()
+        return db
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # --- reports ---------------------------------------------------------------------------------
+
+    def enqueue(self, body: bytes) -> int:
+        """Persist one report; returns its sequence number. Drops the oldest when over the bound."""
+        size = len(body)
+        with self._lock, self._db:
+            seq = max(self._meta("last_seq"), self._meta("acked_seq")) + 1
+            self._set_meta("last_seq", seq)
+            if size > min(self.max_bytes, self.max_item_bytes):
+                self._set_meta("dropped", self._meta("dropped") + 1)
+                log.error("D2003 report %d is too large to send (%d bytes, limit %d); dropped", seq, size,
+                          min(self.max_bytes, self.max_item_bytes), extra={"code": ManagerReportError.code})
+                return seq
+            dropped = 0
+            while self._bytes + size > self.max_bytes and self._depth:
+                rows = self._db.execute(
+                    "SELECT seq, LENGTH(body) FROM reports ORDER BY seq LIMIT 64").fetchall()
+                upto = None
+                for old_seq, old_size in rows:
+                    if self._bytes + size <= self.max_bytes:
+                        break
+                    self._bytes -= old_size
+                    self._depth -= 1
+                    dropped += 1
+                    upto = old_seq
+                if upto is not None:
+                    self._db.execute("DELETE FROM reports WHERE seq <= ?", (upto,))
+            if dropped:
+                self._set_meta("dropped", self._meta("dropped") + dropped)
+                log.warning("outbox full (%d bytes): dropped the %d oldest report(s)", self.max_bytes,
+                            dropped, extra={"code": ManagerReportError.code})
+            self._db.execute("INSERT INTO reports(seq, body) VALUES (?, ?)", (seq, body))
+            self._depth += 1
+            self._bytes += size
+        return seq
+
+    def peek(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest `limit` reports, in order."""
+        with self._lock:
+            return self._db.execute("SELECT seq, body FROM reports ORDER BY seq LIMIT ?", (limit,)).fetchall()
+
+    def ack(self, seq: int) -> int:
+        """The Manager holds every report up to `seq`: forget them. Returns how many went."""
+        with self._lock, self._db:
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports "
+                                   "WHERE seq <= ?", (seq,)).fetchone()
+            self._db.execute("DELETE FROM reports WHERE seq <= ?", (seq,))
+            if seq > self._meta("acked_seq"):
+                self._set_meta("acked_seq", seq)
+            self._depth -= row[0]
+            self._bytes -= row[1]
+            return int(row[0])
+
+    def ensure_seq_after(self, seq: int) -> None:
+        """Never reuse a number the Manager already holds (e.g. after work_dir was wiped)."""
+        with self._lock, self._db:
+            if seq > self._meta("last_seq"):
+                self._set_meta("last_seq", seq)
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return self._meta("dropped")
+
+    @property
+    def acked_seq(self) -> int:
+        with self._lock:
+            return self._meta("acked_seq")
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._meta("last_seq")
+
+    # --- terminal command statuses ---------------------------------------------------------------
+
+    def put_status(self, command_id: str, body: bytes) -> int:
+        with self._lock, self._db:
+            cur = self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)", (command_id, body))
+            return int(cur.lastrowid or 0)
+
+    def pending_statuses(self) -> list[tuple[int, bytes]]:
+        with self._lock:
+            return self._db.execute("SELECT id, body FROM statuses ORDER BY id").fetchall()
+
+    def remove_status(self, status_id: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM statuses WHERE id = ?", (status_id,))
+
+    # --- commands already received (a re-delivered command is not run twice) ---------------------
+
+    def mark_seen(self, command_id: str) -> bool:
+        """True the first time a command id is seen, False on any later delivery."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO seen_commands(command_id, received_at) VALUES (?, ?)",
+                (command_id, time.time()))
+            if cur.rowcount:
+                self._db.execute("DELETE FROM seen_commands WHERE command_id NOT IN (SELECT command_id FROM "
+                                 "seen_commands ORDER BY received_at DESC LIMIT ?)", (SEEN_COMMANDS_KEPT,))
+            return bool(cur.rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

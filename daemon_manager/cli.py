@@ -1,0 +1,160 @@
+"""`daemon-manager`: the reference Manager's command line (a click group; add commands with @main.command)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Any
+
+import click
+
+DB_OPTION = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+                         help="The Manager's SQLite database.")
+FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                             show_default=True)
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def open_store(db_path: str) -> Any:
+    from daemon_manager.store import Store
+
+    return Store(db_path)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+
+
+def _json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Reference Manager for daemon.pyz: a mutual-TLS gRPC server that stores nodes, reports and
+    command results in SQLite, and queues commands for nodes."""
+
+
+@main.group("pki")
+def pki_group() -> None:
+    """A DEVELOPMENT ONLY certificate authority."""
+
+
+@pki_group.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--node", "nodes", multiple=True, help="Make a client certificate for this node (repeatable).")
+def pki_init(directory: str, nodes: tuple[str, ...]) -> None:
+    """Write a development CA, a server certificate for localhost/127.0.0.1 and one client
+    certificate per --node into DIRECTORY (see its README.txt)."""
+    from daemon_manager import pki
+
+    for node in nodes:
+        if not _NODE_NAME.fullmatch(node):
+            raise click.BadParameter(f"{node!r}: use letters, digits, '.', '_' and '-'", param_hint="--node")
+    pki.init(directory, list(nodes))
+    click.echo(f"wrote a {pki.DEV_MARK} PKI to {directory}: ca.crt, server.crt/key"
+               + "".join(f", {n}.crt/key" for n in nodes))
+
+
+@main.command("serve")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True,
+              help="HOST:PORT; port 0 picks a free one.")
+@DB_OPTION
+@click.option("--tls-dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Directory with ca.crt, server.crt and server.key (see `pki init`).")
+@click.option("--heartbeat-interval", type=float, default=0.0, show_default=True,
+              help="Seconds; tells daemons their heartbeat interval (0: they keep their own).")
+def serve(listen: str, db_path: str, tls_dir: str, heartbeat_interval: float) -> None:
+    """Run the gRPC server. The bound HOST:PORT is the first line on stdout. SIGTERM stops it."""
+    import asyncio
+    import logging
+    import signal
+
+    from daemon_manager.server import ManagerServer
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        server = ManagerServer(db_path, tls_dir, listen, heartbeat_interval_ms=int(heartbeat_interval * 1000))
+        address = await server.start()
+        click.echo(address)
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("daemon_manager").info("stopping")
+        await server.stop(2.0)
+
+    asyncio.run(run())
+
+
+@main.command("nodes")
+@DB_OPTION
+@FORMAT_OPTION
+def nodes_cmd(db_path: str, fmt: str) -> None:
+    """Every node: id, hostname, ip, os, versions, last seen, agent state."""
+    rows = open_store(db_path).nodes()
+    if fmt == "json":
+        _json(rows)
+        return
+    click.echo(f"{'NODE':<38} {'HOSTNAME':<20} {'IP':<16} {'OS':<22} {'DAEMON':<8} {'AGENT':<8} "
+               f"{'LAST SEEN':<21} AGENT STATE")
+    for n in rows:
+        click.echo(f"{n['node_id']:<38} {n['hostname'] or '-':<20} {n['ip'] or '-':<16} "
+                   f"{(n['os'] or '-')[:22]:<22} {n['daemon_version'] or '-':<8} "
+                   f"{n['agent_version'] or '-':<8} {_when(n['last_seen']):<21} "
+                   f"{n['agent_state'] or '-'}")
+
+
+@main.command("reports")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@click.option("--last", type=click.IntRange(min=1), default=None, help="Only the newest N reports.")
+@FORMAT_OPTION
+def reports_cmd(db_path: str, node_id: str, last: int | None, fmt: str) -> None:
+    """A node's reports in sequence order: seq, timestamp, metrics."""
+    rows = open_store(db_path).reports(node_id, last)
+    if fmt == "json":
+        _json(rows)
+        return
+    click.echo(f"{'SEQ':>8} {'TIMESTAMP':<28} {'DROPPED':>7} METRICS")
+    for r in rows:
+        summary = []
+        for name, group in sorted(r["metrics"].items()):
+            values = group["values"]
+            pct = values.get("usage_percent", values.get("used_percent"))
+            summary.append(f"{name}={pct}" if pct is not None else name)
+        click.echo(f"{r['seq']:>8} {r['timestamp']:<28} {r['outbox_dropped']:>7} {' '.join(summary)}")
+
+
+@main.command("commands")
+@DB_OPTION
+@click.option("--node", "node_id", default=None, help="Only this node's commands.")
+@FORMAT_OPTION
+def commands_cmd(db_path: str, node_id: str | None, fmt: str) -> None:
+    """Queued and finished commands with their states and every status received."""
+    rows = open_store(db_path).commands(node_id)
+    if fmt == "json":
+        _json(rows)
+        return
+    click.echo(f"{'COMMAND':<34} {'NODE':<38} {'KIND':<9} {'STATE':<12} {'UPDATED':<21} DETAIL")
+    for c in rows:
+        last = c["statuses"][-1]["message"] if c["statuses"] else ""
+        detail = (c["result"] or {}).get("error") or last or json.dumps(
+            {k: v for k, v in c["command"].items() if k not in ("id", "type")})
+        click.echo(f"{c['id']:<34} {c['node_id']:<38} {c['kind']:<9} {c['state']:<12} "
+                   f"{_when(c['updated_at']):<21} {detail}")
+
+
+@main.command("agent-command")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@click.argument("action", type=click.Choice(["start", "stop", "restart", "reset"]))
+def agent_command(db_path: str, node_id: str, action: str) -> None:
+    """Queue an Agent command (start, stop, restart, reset) for a node; prints the command id."""
+    click.echo(open_store(db_path).enqueue_command(node_id, {"type": "agent", "action": action}))
