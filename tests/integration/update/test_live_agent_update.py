@@ -1,0 +1,97 @@
+"""Agent updates end to end: `daemon-manager push-update` -> a real Manager (mutual TLS, gRPC command
+stream, HTTPS package server) -> a real daemon -> the real sample Agent, and back to `updates`."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from daemon_app.update.state import Journal, UpdateState
+from tests.helpers import wait_until
+from tests.live_update import kill_agent, make_site, sample_agent
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Request it before `daemon_processes`: the daemons are killed first, then their Agent."""
+    site = make_site(tmp_path)
+    site.install_agent("1.0.0")
+    yield site
+    kill_agent(site.work)
+    site.stop()
+
+
+def start_daemon(site, daemon_processes, **kw):
+    proc = daemon_processes(site.daemon_config(), **kw)
+    wait_until(lambda: site.agent_version() == "1.0.0", timeout=30,
+               what="node registered, Agent 1.0.0 heartbeating")
+    return proc
+
+
+@pytest.mark.timeout(60)
+def test_push_update_installs_the_new_agent_and_updates_shows_completed(site, daemon_processes) -> None:
+    start_daemon(site, daemon_processes)
+    pkg, rel = site.release("a2", "agent", "2.0.0", sample_agent("2.0.0"))
+    cid = site.push_update(pkg, rel)
+
+    done = site.wait_final(cid)
+    assert done["state"] == "completed", done
+    assert done["result"]["success"] and done["result"]["new_version"] == "2.0.0"
+    assert done["result"]["old_version"] == "1.0.0"
+    wait_until(lambda: site.agent_version() == "2.0.0", timeout=10, what="the Manager to see Agent 2.0.0")
+    assert (site.work / "bin" / "agent").read_bytes() == pkg.read_bytes()
+    assert UpdateState(str(site.work)).floor("agent") == "2.0.0"
+
+    shown = next(u for u in site.updates() if u["id"] == cid)
+    states = [s["state"] for s in shown["statuses"]]
+    assert states[-1] == "completed"
+    for state in ("downloading", "verifying", "installing", "restarting", "watching"):
+        assert state in states, states
+    assert shown["url"].startswith("https://127.0.0.1:") and shown["version"] == "2.0.0"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", ["exit_at_start", "no_heartbeat"])
+def test_a_broken_agent_is_rolled_back_and_the_old_one_runs_again(site, daemon_processes, fault) -> None:
+    start_daemon(site, daemon_processes)
+    old = (site.work / "bin" / "agent").read_bytes()
+    pkg, rel = site.release("bad", "agent", "2.0.0", sample_agent("2.0.0", fault))
+    cid = site.push_update(pkg, rel)
+
+    done = site.wait_final(cid)
+    assert done["state"] == "rolled_back", done
+    assert done["result"]["rolled_back"] and not done["result"]["success"]
+    assert done["result"]["error"].startswith("D4003 agent 2.0.0:")
+    assert (site.work / "bin" / "agent").read_bytes() == old
+    wait_until(lambda: site.agent_version() == "1.0.0", timeout=10, what="Agent 1.0.0 heartbeating again")
+    assert UpdateState(str(site.work)).floor("agent") is None  # nothing was ever raised
+    assert next(u for u in site.updates() if u["id"] == cid)["state"] == "rolled_back"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("crash_at", "outcome", "running"), [
+    ("after_download", "failed", "1.0.0"),
+    ("after_backup", "failed", "1.0.0"),
+    ("after_swap", "completed", "2.0.0"),
+])
+def test_kill_9_during_a_pushed_update_is_settled_and_reported_by_the_next_daemon(
+        site, daemon_processes, crash_at, outcome, running) -> None:
+    proc = start_daemon(site, daemon_processes, extra_env={"DAEMON_TEST_CRASH_AT": crash_at})
+    old = (site.work / "bin" / "agent").read_bytes()
+    pkg, rel = site.release("a2", "agent", "2.0.0", sample_agent("2.0.0"))
+    cid = site.push_update(pkg, rel)
+    assert proc.proc.wait(30) == -signal.SIGKILL
+    assert Journal(str(site.work)).read() is not None
+
+    daemon_processes(site.daemon_config())
+    done = site.wait_final(cid)
+    assert done["state"] == outcome, done
+    installed = (site.work / "bin" / "agent").read_bytes()
+    assert installed == (pkg.read_bytes() if running == "2.0.0" else old)
+    assert sorted(p.name for p in (site.work / "bin").iterdir()) == ["agent"]  # no temp file left
+    wait_until(lambda: site.agent_version() == running, timeout=15, what=f"Agent {running} heartbeating")
+    assert Journal(str(site.work)).read() is None
+    assert UpdateState(str(site.work)).floor("agent") == ("2.0.0" if outcome == "completed" else None)
+    if outcome == "failed":
+        assert "interrupted" in done["result"]["error"] and done["result"]["error"].startswith("D4003")
