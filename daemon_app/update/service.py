@@ -257,17 +257,24 @@ class UpdateService:
                                   error=f"D4003 {job.kind}: {type(exc).__name__}: {exc}")
             progress(FAILED, message=result.error, result=result)
         finally:
-            # A self-update being watched keeps the slot until it is committed or rolled back.
-            if job.finished is not None or job is not self._awaiting:
+            if job.finished is None and job is self._awaiting:
+                # A self-update being watched keeps the slot (no other update until it is committed
+                # or rolled back) but is not work in flight: a SIGTERM from the watcher stops us at once.
+                self._release(job)
+            else:
                 self._end(job)
 
-    def _end(self, job: Job) -> None:
-        if job.finished is None:
-            job.finished = time.time()
+    def _release(self, job: Job) -> None:
         with self._lock:
             if job.token is not None:
                 self.engine.work.end(job.token)
                 job.token = None
+
+    def _end(self, job: Job) -> None:
+        if job.finished is None:
+            job.finished = time.time()
+        self._release(job)
+        with self._lock:
             if self._job is job:
                 self._job = None
 

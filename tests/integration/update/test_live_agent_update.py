@@ -3,12 +3,16 @@ stream, HTTPS package server) -> a real daemon -> the real sample Agent, and bac
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
 
 import pytest
 
+from daemon_app import control
 from daemon_app.update.state import Journal, UpdateState
-from tests.helpers import wait_until
+from tests.helpers import ROOT, daemon_cmd, wait_until
 from tests.live_update import kill_agent, make_site, sample_agent
 
 
@@ -95,3 +99,61 @@ def test_kill_9_during_a_pushed_update_is_settled_and_reported_by_the_next_daemo
     assert UpdateState(str(site.work)).floor("agent") == ("2.0.0" if outcome == "completed" else None)
     if outcome == "failed":
         assert "interrupted" in done["result"]["error"] and done["result"]["error"].startswith("D4003")
+
+
+def daemon_cli(site, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(daemon_cmd("-c", str(site.work / "daemon.yaml"), *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, dict, str]:
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, json.loads(out.strip().splitlines()[-1]), err
+
+
+@pytest.mark.timeout(60)
+def test_daemon_update_and_rollback_go_through_the_running_daemon(site, daemon_processes) -> None:
+    start_daemon(site, daemon_processes)
+    old = (site.work / "bin" / "agent").read_bytes()
+    pkg, rel = site.release("a2", "agent", "2.0.0", sample_agent("2.0.0"))
+
+    code, result, err = finish(daemon_cli(site, "update", "--component", "agent", "--file", str(pkg),
+                                          "--manifest", str(rel)))
+    assert code == 0, err
+    assert result["success"] and result["new_version"] == "2.0.0"
+    assert "running in the daemon" in err and "watching" in err and "completed" in err
+    wait_until(lambda: site.agent_version() == "2.0.0", timeout=10, what="Agent 2.0.0")
+
+    code, result, err = finish(daemon_cli(site, "rollback", "--component", "agent"))
+    assert code == 0, err
+    assert result["rolled_back"] and (result["old_version"], result["new_version"]) == ("2.0.0", "1.0.0")
+    assert (site.work / "bin" / "agent").read_bytes() == old
+    wait_until(lambda: site.agent_version() == "1.0.0", timeout=10, what="Agent 1.0.0 after the rollback")
+    state = UpdateState(str(site.work))
+    assert state.floor("agent") == "2.0.0" and state.installed("agent") == "1.0.0"
+
+
+@pytest.mark.timeout(60)
+def test_a_second_update_while_one_runs_in_the_daemon_is_refused_with_d4003(site, daemon_processes) -> None:
+    start_daemon(site, daemon_processes)
+    slow_pkg, slow_rel = site.release("slow", "agent", "2.0.0", sample_agent("2.0.0", "no_heartbeat"))
+    pkg, rel = site.release("a3", "agent", "3.0.0", sample_agent("3.0.0"))
+    first = daemon_cli(site, "update", "--component", "agent", "--file", str(slow_pkg),
+                       "--manifest", str(slow_rel))
+
+    def in_progress() -> bool:
+        status = control.request(str(site.work / "control.sock"), "status")
+        return bool(status["update"]) and status["update"]["state"] == "watching"
+
+    wait_until(in_progress, timeout=20, what="the first update to be watching its Agent")
+    code, result, err = finish(daemon_cli(site, "update", "--component", "agent", "--file", str(pkg),
+                                          "--manifest", str(rel)))
+    assert code == 1
+    assert result["error"].startswith("D4003 another update is in progress"), result
+    assert "D4003" in err
+
+    code, result, err = finish(first)
+    assert code == 1 and result["rolled_back"], err
+    assert "rolled_back" in err
+    wait_until(lambda: site.agent_version() == "1.0.0", timeout=10, what="Agent 1.0.0 again")
