@@ -8,15 +8,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from daemon_app.update.selfupdate import read_marker
 from daemon_app.update.state import UpdateState
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, short_tmpdir, wait_until
 from tests.live_update import NODE, agent_pid, kill_agent, make_site
 
 OLD, NEW = "1.0.0", "1.1.0"
@@ -139,10 +141,34 @@ def start_old(node: Node, **update) -> int:
     return agent_pid(node.site.work)
 
 
+class NotifySocket:
+    """What systemd's NOTIFY_SOCKET receives (Type=notify): one datagram per sd_notify call."""
+
+    def __init__(self) -> None:
+        self.path = os.path.join(short_tmpdir("sd"), "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.lines: list[str] = []
+        threading.Thread(target=self._recv, daemon=True).start()
+
+    def _recv(self) -> None:
+        while True:
+            try:
+                self.lines += self.sock.recv(65536).decode().splitlines()
+            except OSError:
+                return
+
+    def count(self, line: str) -> int:
+        return list(self.lines).count(line)
+
+
 @pytest.mark.timeout(90)
 def test_self_update_to_a_higher_pyz_is_committed_and_reports_continue_without_a_gap(node, builds):
     site = node.site
+    systemd = NotifySocket()
+    node.env["NOTIFY_SOCKET"] = systemd.path
     agent = start_old(node, self_update_deadline="40s")
+    wait_until(lambda: systemd.count("READY=1") == 1, timeout=10, what="READY=1 from the first daemon")
     pkg, rel = site.release("d2", "daemon", NEW, builds["new"].read_bytes())
     before = site.node()["registered_at"]
     cid = site.push_update(pkg, rel)
@@ -163,6 +189,9 @@ def test_self_update_to_a_higher_pyz_is_committed_and_reports_continue_without_a
     assert agent_pid(site.work) == agent and site.agent_version() == "1.0.0"
     states = [s["state"] for s in next(u for u in site.updates() if u["id"] == cid)["statuses"]]
     assert states[-1] == "completed" and "restarting" in states, states
+    # Same pid, so systemd keeps tracking it: the new daemon says READY=1 again, nobody said STOPPING=1.
+    assert systemd.count("READY=1") == 2 and systemd.count("STOPPING=1") == 0, systemd.lines
+    systemd.sock.close()
 
 
 @pytest.mark.timeout(90)
