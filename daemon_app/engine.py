@@ -688,7 +688,8 @@ class Engine:
         tick = self.notifier.watchdog if ping else (lambda: None)
         abandoned = self.work.wait_idle(deadline, tick, ping or 1.0)
         if abandoned:
-            log.warning("%s timeout (%gs): abandoning %s", self.state, timeout, ", ".join(abandoned))
+            what = "restart" if self.state == "restarting" else "shutdown"
+            log.warning("%s timeout (%gs): abandoning %s", what, timeout, ", ".join(abandoned))
         for service in reversed(self.services):
             try:
                 service.stop(deadline)
