@@ -434,10 +434,16 @@ def _follow(path: str, job: str, patience: float) -> NoReturn:
     from daemon_app import control
 
     after = 0
+    started = None
     silent_since: float | None = None
     while True:
         try:
             view = control.request(path, "update-progress", {"id": job, "after": after}, timeout=10)
+            if view["started"] != started and after:
+                # The new daemon took the job over (after a self-update): its states start afresh.
+                after = 0
+                view = control.request(path, "update-progress", {"id": job, "after": 0}, timeout=10)
+            started = view["started"]
         except DaemonError as exc:
             now = time.monotonic()
             silent_since = silent_since or now

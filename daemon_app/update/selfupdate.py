@@ -309,7 +309,7 @@ class DaemonTarget(FileTarget):
             fsutil.unlink_quietly(marker_path(self.work_dir))
             return False
         self._adopt_watch(marker)
-        ctx.progress("watching", message=f"daemon {ctx.version} running; waiting for the Manager before "
+        ctx.progress("watching", message=f"daemon {ctx.version} running; it must prove healthy before "
                                           f"{time.strftime('%H:%M:%S', time.localtime(marker['deadline']))}")
         return None
 

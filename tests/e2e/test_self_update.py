@@ -6,6 +6,7 @@ replaced by the previous one, which registers again. The Agent runs throughout."
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
+from daemon_app import control
 from daemon_app.update.selfupdate import read_marker
 from daemon_app.update.state import UpdateState
 from tests.helpers import ROOT, short_tmpdir, wait_until
@@ -223,3 +226,33 @@ def test_a_new_pyz_that_crashes_or_never_registers_is_replaced_by_the_previous_o
     assert got == list(range(1, len(got) + 1)), "a report seq is missing"
     watcher_log = (site.work / "update" / "watcher.log").read_text()
     assert reason in watcher_log, watcher_log
+
+
+@pytest.mark.timeout(90)
+def test_stand_alone_daemon_update_through_the_control_socket_follows_the_restart_to_the_commit(node,
+                                                                                             builds):
+    """No Manager: `daemon update --component daemon` asks the running daemon, which execs into the
+    new pyz; the CLI follows the same job in the new daemon, which commits after its first report."""
+    site = node.site
+    config = site.daemon_config(self_update_deadline="30s")
+    raw = yaml.safe_load(Path(config).read_text())
+    del raw["manager"]
+    Path(config).write_text(yaml.safe_dump(raw))
+    proc = node.start(config)
+    wait_until(lambda: (site.work / "control.sock").exists() and agent_pid(site.work), timeout=30,
+               what="the stand-alone daemon and its Agent")
+    agent = agent_pid(site.work)
+    pkg, rel = site.release("d2", "daemon", NEW, builds["new"].read_bytes())
+
+    cli = subprocess.run([sys.executable, str(node.pyz), "-c", config, "update", "--component", "daemon",
+                          "--file", str(pkg), "--manifest", str(rel)], env=node.env, capture_output=True,
+                         text=True, timeout=60, cwd="/")
+    assert cli.returncode == 0, cli.stderr
+    result = json.loads(cli.stdout.strip().splitlines()[-1])
+    assert result["success"] and (result["old_version"], result["new_version"]) == (OLD, NEW)
+    for state in ("watching", "completed"):  # the new daemon's states; earlier ones may pass unseen
+        assert state in cli.stderr, cli.stderr
+    status = control.request(str(site.work / "control.sock"), "status")
+    assert status["version"] == NEW and status["pid"] == proc.pid and status["update"] is None
+    assert UpdateState(str(site.work)).floor("daemon") == NEW
+    assert agent_pid(site.work) == agent
