@@ -157,3 +157,21 @@ def test_a_second_update_while_one_runs_in_the_daemon_is_refused_with_d4003(site
     assert code == 1 and result["rolled_back"], err
     assert "rolled_back" in err
     wait_until(lambda: site.agent_version() == "1.0.0", timeout=10, what="Agent 1.0.0 again")
+
+
+@pytest.mark.timeout(60)
+def test_a_second_pushed_update_while_one_runs_is_reported_failed_with_d4003(site, daemon_processes) -> None:
+    start_daemon(site, daemon_processes)
+    slow_pkg, slow_rel = site.release("slow", "agent", "2.0.0", sample_agent("2.0.0", "no_heartbeat"))
+    pkg, rel = site.release("a3", "agent", "3.0.0", sample_agent("3.0.0"))
+    first = site.push_update(slow_pkg, slow_rel)
+    wait_until(lambda: site.command(first)["state"] == "watching", timeout=20,
+               what="the first update watching")
+    second = site.push_update(pkg, rel)
+
+    refused = site.wait_final(second)
+    assert refused["state"] == "failed"
+    error = refused["result"]["error"]
+    assert error.startswith("D4003 another update is in progress (update of agent"), error
+    assert site.wait_final(first)["state"] == "rolled_back"
+    assert (site.work / "bin" / "agent").read_bytes() != pkg.read_bytes()
