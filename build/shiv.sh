@@ -12,6 +12,9 @@
 #   and names the extraction directory: $SHIV_ROOT/daemon.pyz_<build id> (SHIV_ROOT defaults
 #   to ~/.shiv). build/preamble.py prunes older extractions at start, keeping the previous one.
 # - Runs with any python3.11 that has none of the dependencies: `python3 dist/daemon.pyz --help`.
+# - Options (environment): OUT=path (default dist/daemon.pyz); DAEMON_VERSION=V stamps V as the
+#   version of the build (the sources are untouched); DAEMON_INJECT=file.py appends test code to
+#   daemon_app/__init__.py (test builds only: a daemon that crashes or never registers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -24,7 +27,8 @@ export SOURCE_DATE_EPOCH
 
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
-build_id="$("$PYTHON" build/stage.py "$stage/site-packages")"
+build_id="$("$PYTHON" build/stage.py "$stage/site-packages" --version "${DAEMON_VERSION:-}" \
+    --inject "${DAEMON_INJECT:-}")"
 
 mkdir -p "$(dirname "$OUT")"
 "$PYTHON" -m shiv --reproducible --compressed \

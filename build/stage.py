@@ -1,6 +1,11 @@
 """Stage the pyz's site-packages: daemon_app plus the runtime dependencies exactly as installed.
 
-Usage: python build/stage.py STAGE_DIR   (run with the venv's python; prints the build id)
+Usage: python build/stage.py STAGE_DIR [--version V] [--inject FILE]
+       (run with the venv's python; prints the build id)
+
+--version V     stamp V as daemon_app.__version__ in the staged copy (the source tree is untouched)
+--inject FILE   append FILE's Python code to the staged daemon_app/__init__.py: test builds only,
+                e.g. a daemon that crashes at start or never registers (tests/e2e/test_self_update.py)
 
 Dependencies are copied file by file from the running interpreter's environment (their RECORD),
 so the pyz carries the very versions the tests ran against, without a network or a resolver.
@@ -70,7 +75,20 @@ def wanted(rel: str) -> bool:
     return not rel.startswith("..") and "__pycache__" not in rel and not rel.endswith(".pyc")
 
 
-def stage(target: Path) -> str:
+def customise(target: Path, version: str | None, inject: str | None) -> None:
+    """Apply --version and --inject to the staged daemon_app/__init__.py."""
+    init = target / "daemon_app" / "__init__.py"
+    text = init.read_text()
+    if version is not None:
+        text, n = re.subn(r'^__version__ = ".*"$', f'__version__ = "{version}"', text, flags=re.M)
+        if n != 1:
+            sys.exit("build: cannot find __version__ in daemon_app/__init__.py")
+    if inject is not None:
+        text += "\n# --- injected by build/stage.py --inject (a test build) ---\n" + Path(inject).read_text()
+    init.write_text(text)
+
+
+def stage(target: Path, version: str | None = None, inject: str | None = None) -> str:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -84,6 +102,7 @@ def stage(target: Path) -> str:
         rel = src.relative_to(ROOT).as_posix()
         if src.is_file() and wanted(rel) and src.name != "_build.json":
             copy_file(src, target / rel)
+    customise(target, version, inject)
 
     digest = hashlib.sha256()
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
@@ -95,7 +114,7 @@ def stage(target: Path) -> str:
 
     info = {
         "build_id": build_id,
-        "version": __version__,
+        "version": version or __version__,
         "source_date_epoch": int(os.environ.get("SOURCE_DATE_EPOCH", "315532800")),
         "python": "%d.%d" % sys.version_info[:2],
         "dependencies": pins,
@@ -106,6 +125,11 @@ def stage(target: Path) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    print(stage(Path(sys.argv[1])))
+    import argparse
+
+    parser = argparse.ArgumentParser(usage=__doc__)
+    parser.add_argument("stage_dir", type=Path)
+    parser.add_argument("--version", default=None)
+    parser.add_argument("--inject", default=None)
+    opts = parser.parse_args()
+    print(stage(opts.stage_dir, opts.version or None, opts.inject or None))

@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -400,13 +400,68 @@ def _running_daemon(work_dir: str) -> str | None:
         os.close(fd)
 
 
-def _direct_mode(cfg: config_mod.Config) -> None:
-    """Act on the files ourselves (under the update flock), unless a daemon owns them right now."""
+def _through_daemon(cfg: config_mod.Config, socket_path: str | None, cmd: str, args: dict[str, Any]) -> bool:
+    """When a daemon owns work_dir, hand the request to it (control socket) and follow its progress
+    to the end; return False when no daemon runs (the caller then acts directly, under the lock)."""
+    from daemon_app import control
+
     pid = _running_daemon(cfg.daemon.work_dir)
-    if pid:
-        click.echo(f"D4003 update: a daemon (pid {pid}) is running with {cfg.daemon.work_dir}; "
-                   "ask it (control socket) or stop it first", err=True)
+    if not pid:
+        return False
+    path = socket_path or cfg.daemon.control_socket
+    try:
+        job = control.request(path, cmd, args)["id"]
+    except control.NotRunning:
+        click.echo(f"D4003 update: a daemon (pid {pid}) holds {cfg.daemon.work_dir} but its control "
+                   f"socket {path} does not answer; try again, or stop it first", err=True)
         sys.exit(1)
+    except DaemonError as exc:
+        click.echo(str(exc), err=True)
+        _print_result({"success": False, "error": str(exc), "component": args.get("component", "")})
+        sys.exit(1)
+    click.echo(f"{cmd} {job} running in the daemon (pid {pid})", err=True)
+    _follow(path, job, cfg.update.self_update_deadline + FOLLOW_GRACE)
+
+
+FOLLOW_GRACE = 30.0  # beyond update.self_update_deadline, how long a silent daemon is waited for
+
+
+def _follow(path: str, job: str, patience: float) -> NoReturn:
+    """Poll `update-progress` and print each state. A self-update restarts the daemon: while it is
+    away (or the new one has not picked the job up yet) keep asking for up to `patience` seconds."""
+    import time
+
+    from daemon_app import control
+
+    after = 0
+    started = None
+    silent_since: float | None = None
+    while True:
+        try:
+            view = control.request(path, "update-progress", {"id": job, "after": after}, timeout=10)
+            if view["started"] != started and after:
+                # The new daemon took the job over (after a self-update): its states start afresh.
+                after = 0
+                view = control.request(path, "update-progress", {"id": job, "after": 0}, timeout=10)
+            started = view["started"]
+        except DaemonError as exc:
+            now = time.monotonic()
+            silent_since = silent_since or now
+            if now - silent_since > patience:
+                click.echo(f"D4003 update {job}: the daemon has not answered for {patience:g}s: {exc}",
+                           err=True)
+                sys.exit(1)
+            time.sleep(0.2)
+            continue
+        silent_since = None
+        for st in view["states"]:
+            _echo_progress(st["state"], st["percent"], st["message"])
+        after = view["next"]
+        if view["done"]:
+            result = view["result"] or {"success": False, "error": "D4003 update ended without a result"}
+            _print_result(result)
+            sys.exit(0 if result.get("success") else 1)
+        time.sleep(0.2)
 
 
 def _echo_progress(state: str, percent: float = 0.0, message: str = "", result: Any = None) -> None:
@@ -416,8 +471,12 @@ def _echo_progress(state: str, percent: float = 0.0, message: str = "", result: 
     click.echo(f"{state}{': ' + message if message else ''}", err=True)
 
 
+def _print_result(result: dict[str, Any]) -> None:
+    click.echo(json.dumps(result))
+
+
 def _finish_result(result: Any) -> None:
-    click.echo(json.dumps(result.to_dict()))
+    _print_result(result.to_dict())
     sys.exit(0 if result.success else 1)
 
 
@@ -427,14 +486,21 @@ def _finish_result(result: Any) -> None:
 @click.option("--url", help="https:// URL of the package (mutual TLS with manager.tls.*).")
 @click.option("--manifest", "manifest_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="Directory holding manifest.json and manifest.json.sig.")
+@_socket_option
 @click.pass_obj
-def update_cmd(obj: Ctx, component: str, file_: str | None, url: str | None, manifest_dir: str) -> None:
+def update_cmd(obj: Ctx, component: str, file_: str | None, url: str | None, manifest_dir: str,
+               socket_path: str | None) -> None:
     """Verify and install a signed release of the Agent or the daemon.
 
     Checks, in order: signature, expiry, component, version floor, then the package's size and
-    SHA-256; backs up the installed file and swaps it atomically. Prints the UpdateResult as JSON;
-    exits 0 on success (also when that version is already installed), 1 with its D4xxx code otherwise.
+    SHA-256; backs up the installed file and swaps it atomically. With a daemon running it does this
+    through the daemon (which stops and starts the Agent, or restarts itself into the new pyz) and
+    follows its progress; with none, directly under the update lock. Prints the UpdateResult as
+    JSON; exits 0 on success (also when that version is already installed), 1 with its D4xxx code
+    otherwise (failed or rolled back).
     """
+    import base64
+
     from daemon_app import logs, plugins
     from daemon_app.update.flow import UpdateRequest, run_update
 
@@ -442,21 +508,28 @@ def update_cmd(obj: Ctx, component: str, file_: str | None, url: str | None, man
         raise click.UsageError("give exactly one of --file or --url")
     cfg = obj.load()
     logs.setup("warning", "", stderr=True)
-    _direct_mode(cfg)
     try:
-        request = UpdateRequest.from_dir(component, manifest_dir, url=url or "", file=file_ or "")
+        request = UpdateRequest.from_dir(component, manifest_dir, url=url or "",
+                                         file=os.path.abspath(file_) if file_ else "")
     except DaemonError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+    args = {"component": component, "url": request.url, "file": request.file,
+            "manifest_b64": base64.b64encode(request.manifest).decode(),
+            "signature_b64": base64.b64encode(request.signature).decode()}
+    if _through_daemon(cfg, socket_path, "update", args):
+        return
     _finish_result(run_update(cfg, request, _echo_progress, plugins=plugins.load_all(cfg)))
 
 
 @main.command("rollback")
 @click.option("--component", required=True, type=click.Choice(["agent", "daemon"]))
+@_socket_option
 @click.pass_obj
-def rollback_cmd(obj: Ctx, component: str) -> None:
+def rollback_cmd(obj: Ctx, component: str, socket_path: str | None) -> None:
     """Restore the newest backup of a component on purpose (the version floor is kept).
 
+    Through the running daemon when there is one (it restarts the Agent), directly otherwise.
     Prints the UpdateResult as JSON; exits 1 with D4004 when there is no backup or restoring fails.
     """
     from daemon_app import logs
@@ -464,7 +537,8 @@ def rollback_cmd(obj: Ctx, component: str) -> None:
 
     cfg = obj.load()
     logs.setup("warning", "", stderr=True)
-    _direct_mode(cfg)
+    if _through_daemon(cfg, socket_path, "rollback", {"component": component}):
+        return
     _finish_result(Updater(cfg).rollback(component, _echo_progress))
 
 

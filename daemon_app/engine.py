@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 RESTART_ONLY = ("daemon.work_dir", "daemon.pid_file", "daemon.control_socket", "daemon.id",
                 "plugins.", "reporters.")
 STATUS_LINE_EVERY = 10.0
+# A restart into a new pyz flushes the outbox for at most this long: what is left stays durable in it.
+EXEC_CLOSE_SECONDS = 5.0
 
 
 class EngineStopping(ControlError):
@@ -287,6 +289,7 @@ class Engine:
         self.services: list[Service] = []
         self.agent: Any = None  # daemon_app.agent.supervisor.AgentSupervisor when enabled
         self.manager: Any = None  # daemon_app.comm.link.ManagerLink when manager.address is set
+        self.updates: Any = None  # daemon_app.update.service.UpdateService, always
         self.last_report: float = 0.0
         self.reports_built = 0
         self._stuck_reporters: dict[str, threading.Thread] = {}
@@ -332,7 +335,8 @@ class Engine:
         self.state = "running"
 
     def _build_services(self, cfg: Config) -> list[Service]:
-        """In start order: Agent first (it must not wait on the network), then the Manager link."""
+        """In start order: Agent first (it must not wait on the network), then the Manager link, then
+        updates (recovering an interrupted update needs the Agent and reports to the Manager)."""
         services: list[Service] = []
         if cfg.agent.enabled and self.agent is None:
             from daemon_app.agent.supervisor import AgentSupervisor
@@ -345,6 +349,11 @@ class Engine:
             self.manager = ManagerLink(cfg, self)
             self.plugins.register(self.manager, "manager-reporter", version=__version__, source="builtin")
             services.append(self.manager)
+        if self.updates is None:
+            from daemon_app.update.service import UpdateService
+
+            self.updates = UpdateService(self)
+            services.append(self.updates)
         return services
 
     def _start_service(self, service: Service) -> None:
@@ -659,18 +668,28 @@ class Engine:
         """Seed §3.1.2: stop taking work, wait for work in flight, disconnect (the Manager link
         flushes its outbox by the deadline), save state, close logs. The Agent keeps running."""
         self.state = "stopping"
-        deadline = time.monotonic() + self.cfg.daemon.shutdown_timeout
+        self._close(self.cfg.daemon.shutdown_timeout,
+                    lambda busy: self.notifier.stopping("stopping: " + (busy or "nothing in flight")))
+        self.state = "stopped"
+        log.info("daemon stopped")
+        self.notifier.close()
+        logs.close()
+        return 0
+
+    def _close(self, timeout: float, announce: Callable[[str], None]) -> None:
+        """Everything shutdown and a restart into a new pyz share: no new work, wait for work in
+        flight, stop the services (never the Agent), close the control socket, release the lock."""
+        deadline = time.monotonic() + timeout
         self.work.close()
         self.scheduler.clear()
         self._refuse_queued()
-        in_flight = self.work.active()
-        self.notifier.stopping("stopping: " + (", ".join(in_flight) or "nothing in flight"))
+        announce(", ".join(self.work.active()))
         ping = watchdog_interval()
         tick = self.notifier.watchdog if ping else (lambda: None)
         abandoned = self.work.wait_idle(deadline, tick, ping or 1.0)
         if abandoned:
-            log.warning("shutdown timeout (%gs): abandoning %s", self.cfg.daemon.shutdown_timeout,
-                        ", ".join(abandoned))
+            what = "restart" if self.state == "restarting" else "shutdown"
+            log.warning("%s timeout (%gs): abandoning %s", what, timeout, ", ".join(abandoned))
         for service in reversed(self.services):
             try:
                 service.stop(deadline)
@@ -681,11 +700,35 @@ class Engine:
         self._save_state(clean=not abandoned)
         self._lock.release()
         self._restore_signals()
-        self.state = "stopped"
-        log.info("daemon stopped")
+
+    def restart_into(self, argv: list[str], release: int | None = None) -> None:
+        """Replace this process with `argv` (the new daemon.pyz, same arguments, same pid), after
+        closing like a shutdown does but without STOPPING=1: systemd keeps tracking the pid and the
+        new daemon sends READY=1 again. Called from an update thread; `release` is that thread's
+        work token, so the close does not wait for the caller. Returns only by raising
+        EngineStopping when the daemon is already stopping (nothing was closed then)."""
+        if self.work.closed:
+            raise EngineStopping("the daemon is stopping; not restarting into a new pyz")
+        request = _Request(lambda: self._exec(argv, release))
+        self.post("call", request)
+        request.future.result()
+
+    def _exec(self, argv: list[str], release: int | None) -> None:
+        self.state = "restarting"
+        log.info("restarting into %s", argv[1] if len(argv) > 1 else argv[0])
+        if release is not None:
+            self.work.end(release)
+        self._close(min(self.cfg.daemon.shutdown_timeout, EXEC_CLOSE_SECONDS),
+                    lambda in_flight: self.notifier.status(f"restarting into {argv[1:2] or argv}"))
         self.notifier.close()
         logs.close()
-        return 0
+        try:
+            os.execv(argv[0], argv)
+        except OSError as exc:
+            # Half closed, nothing to go back to: exit, and let the self-update watcher (which sees
+            # this pid die) restore the previous pyz and start it.
+            os.write(2, f"D4003 self-update: cannot exec {argv}: {exc}\n".encode())
+            os._exit(1)
 
     def _refuse_queued(self) -> None:
         """Requests queued for the loop that will never run get an answer instead of a timeout."""

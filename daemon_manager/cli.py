@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from daemon_manager.release import release_group
+
 DB_OPTION = click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
                          help="The Manager's SQLite database.")
 FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
@@ -35,6 +37,9 @@ def _json(obj: Any) -> None:
 def main() -> None:
     """Reference Manager for daemon.pyz: a mutual-TLS gRPC server that stores nodes, reports and
     command results in SQLite, and queues commands for nodes."""
+
+
+main.add_command(release_group, "release")
 
 
 @main.group("pki")
@@ -66,8 +71,13 @@ def pki_init(directory: str, nodes: tuple[str, ...]) -> None:
               help="Directory with ca.crt, server.crt and server.key (see `pki init`).")
 @click.option("--heartbeat-interval", type=float, default=0.0, show_default=True,
               help="Seconds; tells daemons their heartbeat interval (0: they keep their own).")
-def serve(listen: str, db_path: str, tls_dir: str, heartbeat_interval: float) -> None:
-    """Run the gRPC server. The bound HOST:PORT is the first line on stdout. SIGTERM stops it."""
+@click.option("--files-listen", default=None, metavar="HOST:PORT",
+              help="Where update packages are served over HTTPS with mutual TLS (default: the --listen "
+                   "host, a free port). The URL is kept in the database for `push-update`.")
+def serve(listen: str, db_path: str, tls_dir: str, heartbeat_interval: float,
+          files_listen: str | None) -> None:
+    """Run the gRPC server and the update package server. The bound gRPC HOST:PORT is the first line
+    on stdout, the package server's base URL the second. SIGTERM stops it."""
     import asyncio
     import logging
     import signal
@@ -78,9 +88,12 @@ def serve(listen: str, db_path: str, tls_dir: str, heartbeat_interval: float) ->
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
-        server = ManagerServer(db_path, tls_dir, listen, heartbeat_interval_ms=int(heartbeat_interval * 1000))
+        files = files_listen or f"{listen.rsplit(':', 1)[0]}:0"
+        server = ManagerServer(db_path, tls_dir, listen, heartbeat_interval_ms=int(heartbeat_interval * 1000),
+                               files_listen=files)
         address = await server.start()
         click.echo(address)
+        click.echo(server.files.url)
         sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -158,3 +171,71 @@ def commands_cmd(db_path: str, node_id: str | None, fmt: str) -> None:
 def agent_command(db_path: str, node_id: str, action: str) -> None:
     """Queue an Agent command (start, stop, restart, reset) for a node; prints the command id."""
     click.echo(open_store(db_path).enqueue_command(node_id, {"type": "agent", "action": action}))
+
+
+@main.command("push-update")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@click.option("--file", "package", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The package: an Agent binary or a daemon.pyz.")
+@click.option("--manifest", "manifest_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory with manifest.json and manifest.json.sig (`release sign`).")
+def push_update(db_path: str, node_id: str, package: str, manifest_dir: str) -> None:
+    """Serve FILE to a node over the Manager's HTTPS (mutual TLS) and queue an update command with
+    the signed manifest; prints the command id. `serve` must run on the same --db (it serves the
+    file and pushes the command); follow the update with `daemon-manager updates`."""
+    from pathlib import Path
+
+    from daemon_manager.files import URL_SETTING, add_file
+
+    directory = Path(manifest_dir)
+    try:
+        raw = (directory / "manifest.json").read_bytes()
+        sig = (directory / "manifest.json.sig").read_bytes().strip()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the release in {manifest_dir}: {exc}") from None
+    try:
+        manifest = json.loads(raw)
+        component, sha256, size = manifest["component"], manifest["sha256"], manifest["size"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(f"{directory / 'manifest.json'} is not a release manifest: "
+                                   f"{exc}") from None
+    store = open_store(db_path)
+    if store.node(node_id) is None:
+        raise click.ClickException(f"unknown node {node_id!r}: it has never registered with this Manager")
+    base = store.setting(URL_SETTING)
+    if not base:
+        raise click.ClickException(f"no package server recorded in {db_path}: start `daemon-manager serve "
+                                   f"--db {db_path} ...` first")
+    digest, length = add_file(db_path, package)
+    if (digest, length) != (sha256, size):
+        raise click.ClickException(f"{package} ({length} bytes, sha256 {digest}) is not the file the "
+                                   f"manifest names ({size} bytes, sha256 {sha256})")
+    command_id = store.enqueue_command(node_id, {"type": "update", "component": component,
+                                                 "url": f"{base}/files/{digest}", "manifest": raw,
+                                                 "manifest_sig": sig})
+    click.echo(command_id)
+
+
+@main.command("updates")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@FORMAT_OPTION
+def updates_cmd(db_path: str, node_id: str, fmt: str) -> None:
+    """A node's updates and rollbacks: every state it reported, and the final result."""
+    rows = open_store(db_path).updates(node_id)
+    if fmt == "json":
+        _json(rows)
+        return
+    for u in rows:
+        click.echo(f"{u['id']}  {u['kind']} {u['component']} {u['version'] or ''}  {u['state']}  "
+                   f"(queued {_when(u['created_at'])})")
+        for st in u["statuses"]:
+            pct = f" {st['percent']:.0f}%" if st["state"] == "downloading" else ""
+            click.echo(f"    {_when(st['received_at'])}  {st['state']}{pct}  {st['message'] or ''}".rstrip())
+        r = u["result"]
+        if r:
+            outcome = "success" if r["success"] else ("rolled back" if r["rolled_back"] else "failed")
+            click.echo(f"    result: {outcome}, {r['old_version'] or '?'} -> {r['new_version'] or '?'}"
+                       + (f", {r['error']}" if r["error"] else ""))
+

@@ -301,9 +301,12 @@ class ManagerServer:
     """Start with `await start()`, stop with `await stop()`; `address` is the bound host:port."""
 
     def __init__(self, db_path: str, tls_dir: str, listen: str = "127.0.0.1:0",
-                 heartbeat_interval_ms: int = 0) -> None:
+                 heartbeat_interval_ms: int = 0, files_listen: str | None = None) -> None:
         self.db_path, self.tls_dir, self.listen = db_path, tls_dir, listen
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        # HOST:PORT of the update package server (mutual TLS); None: no package server.
+        self.files_listen = files_listen
+        self.files: Any = None
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -321,10 +324,18 @@ class ManagerServer:
         host = self.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         self._poller = asyncio.get_running_loop().create_task(CommandPoller(service).run())
+        if self.files_listen is not None:
+            from daemon_manager.files import URL_SETTING, FileServer
+
+            self.files = FileServer(self.db_path, self.tls_dir, self.files_listen)
+            self.store.set_setting(URL_SETTING, self.files.start())
         log.info("manager listening on %s (db %s)", self.address, self.db_path)
         return self.address
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.files is not None:
+            self.files.stop()
+            self.files = None
         if self._poller is not None:
             self._poller.cancel()
         if self._server is not None:

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS command_status (
     id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL, node_id TEXT NOT NULL,
     state TEXT NOT NULL, percent REAL, message TEXT, result_json TEXT, received_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS status_by_command ON command_status (command_id);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DELIVERABLE = ("queued", "sent")  # no status seen yet: delivered again when the node reconnects
 
@@ -228,3 +229,35 @@ class Store:
                                "WHERE command_id = ? ORDER BY id", (command_id,))
         return [{**{k: r[k] for k in ("state", "percent", "message", "received_at")},
                  "result": _loads(r["result_json"])} for r in rows]
+
+    def updates(self, node_id: str) -> list[dict[str, Any]]:
+        """A node's update and rollback commands, oldest first: component, version (from the signed
+        manifest, for display), state, every status received and the final UpdateResult."""
+        out = []
+        rows = self.db.execute("SELECT id, kind, body, state, created_at, updated_at, result_json "
+                               "FROM commands WHERE node_id = ? AND kind IN ('update', 'rollback') "
+                               "ORDER BY created_at, id", (node_id,))
+        for row in rows:
+            cmd = messages.command_to_dict(pb.Command.FromString(row["body"]))
+            version = ""
+            if cmd["type"] == "update":
+                try:
+                    version = str(json.loads(cmd["manifest"]).get("version", ""))
+                except (ValueError, AttributeError):
+                    version = "?"
+            out.append({"id": row["id"], "kind": row["kind"], "component": cmd.get("component", ""),
+                        "version": version, "url": cmd.get("url", ""), "state": row["state"],
+                        "created_at": row["created_at"], "updated_at": row["updated_at"],
+                        "result": _loads(row["result_json"]), "statuses": self.command_statuses(row["id"])})
+        return out
+
+    # --- settings (e.g. the package server's address, written by `serve`) ---------------------------
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def setting(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None

@@ -272,7 +272,7 @@ class Updater:
             self.check_package(package, manifest)
             self.journal.write("downloaded", component=request.component, version=manifest.version,
                                old_version=installed, sha256=manifest.sha256, package=package,
-                               target=target.path, backup=None, pid=os.getpid())
+                               target=target.path, backup=None, pid=os.getpid(), request_id=request.id)
             _crash_point("after_download")
             report(INSTALLING, 0.0, f"backing up {target.path}")
             try:

@@ -191,8 +191,16 @@ def start_watcher(work_dir: str) -> int:
     with log_file:
         proc = subprocess.Popen([sys.executable, "-I", script, marker_path(work_dir)], start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd="/",
-                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                                env=_watcher_env())
     return proc.pid
+
+
+def _watcher_env() -> dict[str, str]:
+    """The daemon's environment minus systemd's per-process variables: the watcher runs with -I (it
+    ignores PYTHON*), and the old daemon it may start again must find what this one had (SHIV_ROOT,
+    PATH, locale), but must not answer for the unit's notify socket."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
 
 
 def exec_into(pyz: str, args: list[str] | None = None) -> NoReturn:
@@ -301,7 +309,7 @@ class DaemonTarget(FileTarget):
             fsutil.unlink_quietly(marker_path(self.work_dir))
             return False
         self._adopt_watch(marker)
-        ctx.progress("watching", message=f"daemon {ctx.version} running; waiting for the Manager before "
+        ctx.progress("watching", message=f"daemon {ctx.version} running; it must prove healthy before "
                                           f"{time.strftime('%H:%M:%S', time.localtime(marker['deadline']))}")
         return None
 

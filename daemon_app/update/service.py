@@ -1,0 +1,373 @@
+"""The update service inside the running daemon: Manager commands and control-socket requests run the
+Updater in their own thread, one at a time; progress goes to the Manager and the log; an update a
+crash interrupted is settled at start; a daemon self-update is committed once the new daemon is healthy.
+
+Job ids: a Manager command's id (its progress and result go back to the Manager with it), or
+`local-<hex>` for a request from the control socket (`daemon update` while a daemon runs), polled
+with the `update-progress` control command. The id is kept in the update journal, so the daemon that
+settles an interrupted update, or the new daemon after a self-update, reports under the same id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon_app.errors import AgentStartError, ControlError, DaemonError
+from daemon_app.update.errors import MalformedManifestError, UpdateInProgressError
+from daemon_app.update.flow import COMPLETED, FAILED, ROLLED_BACK, Updater, UpdateRequest, UpdateResult
+from daemon_app.update.manifest import COMPONENTS
+from daemon_app.update.selfupdate import PENDING, commit_pending_update, process_start, read_marker
+from daemon_app.update.state import Journal
+
+log = logging.getLogger(__name__)
+
+LOCAL_PREFIX = "local-"
+FINAL = (COMPLETED, ROLLED_BACK, FAILED)
+KEEP_JOBS = 16
+COMMIT_CHECK_EVERY = 0.25
+COMMIT_TASK = "update:commit"
+_LIVE = ("STARTING", "RUNNING")
+
+
+@dataclass
+class Job:
+    """One update, rollback or recovery: its states as they happen, and its UpdateResult at the end."""
+
+    id: str
+    kind: str  # update | rollback | recover
+    component: str
+    from_manager: bool
+    states: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    token: int | None = None
+
+    def describe(self) -> str:
+        last = self.states[-1]["state"] if self.states else "starting"
+        return f"{self.kind} of {self.component or '?'}, id {self.id}, {last}"
+
+    def view(self, after: int = 0) -> dict[str, Any]:
+        """What `update-progress` answers: states from index `after` on, and the result once done."""
+        return {"id": self.id, "kind": self.kind, "component": self.component, "started": self.started,
+                "finished": self.finished, "done": self.finished is not None, "next": len(self.states),
+                "states": self.states[after:], "result": self.result}
+
+    def summary(self) -> dict[str, Any]:
+        last = self.states[-1] if self.states else {"state": "starting", "percent": 0.0, "message": ""}
+        return {"id": self.id, "kind": self.kind, "component": self.component, "state": last["state"],
+                "percent": last["percent"], "message": last["message"], "started": self.started}
+
+
+class EngineSupervisor:
+    """The update's Supervisor interface over `engine.agent` (which a reload may replace).
+
+    Two things beyond the plain supervisor: a heartbeat that arrives between starting the Agent and
+    waiting for it still counts (the count is taken before the start), and an Agent that exits
+    instead of heartbeating fails the check at once instead of after the whole verify_timeout.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._baseline = 0
+        self._pid = 0
+
+    def _sup(self) -> Any:
+        sup = self.engine.agent
+        if sup is None:
+            raise AgentStartError("agent: supervision is off (agent.enabled: false)")
+        return sup
+
+    def stop_agent(self, timeout: float | None = None) -> None:
+        self._sup().stop_agent(timeout)
+
+    def start_agent(self) -> None:
+        sup = self._sup()
+        self._baseline = int(sup.agent_status().get("heartbeats_received") or 0)
+        sup.start_agent()
+        self._pid = int(sup.agent_status().get("pid") or 0)
+
+    def wait_for_heartbeat(self, version: str | None, timeout: float) -> bool:
+        sup = self._sup()
+        deadline = time.monotonic() + timeout
+        while True:
+            st = sup.agent_status()
+            same = bool(self._pid) and st.get("pid") == self._pid
+            if same and int(st.get("heartbeats_received") or 0) > self._baseline \
+                    and (not version or st.get("version") == version):
+                return True
+            if not same or st.get("state") not in _LIVE:
+                return False  # it exited (the restart policy may have started it again): not healthy
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            sup.wait_for_heartbeat(None, min(left, 0.25))
+
+    def current_version(self) -> str:
+        return str(self._sup().current_version())
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        self._sup().emit(event_type, **fields)
+
+
+class UpdateService:
+    """Engine service "update": command handlers, control commands, status, recovery, self-update commit."""
+
+    name = "update"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._job: Job | None = None
+        self._jobs: dict[str, Job] = {}
+        self._supervisor = EngineSupervisor(engine)
+        self._awaiting: Job | None = None  # the self-update job waiting for this daemon to be healthy
+        self._seq_mark = 0
+
+    # --- Service ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register the handlers, then settle an update a crash or a self-update left behind."""
+        e = self.engine
+        e.command_handlers["update"] = self.handle_command
+        e.command_handlers["rollback"] = self.handle_command
+        e.control.register("update", self._control_update, on_engine_thread=False)
+        e.control.register("rollback", self._control_rollback, on_engine_thread=False)
+        e.control.register("update-progress", self._control_progress, on_engine_thread=False)
+        e.add_status("update", self.status_section)
+        # Reports this daemon makes get higher seqs: one of them acked proves the link works end to end.
+        self._seq_mark = int(e.manager.outbox.last_seq) if e.manager is not None else 0
+        entry = Journal(e.cfg.daemon.work_dir).read()
+        if entry is None:
+            self._updater().recover()  # nothing interrupted: only removes stray downloads
+            return
+        request_id = str(entry.get("request_id") or "") or f"recovery-{uuid.uuid4().hex[:12]}"
+        self._submit("recover", str(entry.get("component") or ""), request_id,
+                     from_manager=_from_manager(request_id), work=self._recover)
+
+    def stop(self, deadline: float) -> None:
+        """Nothing to stop: shutdown already waited for the job (it is work in flight)."""
+
+    def reload(self, cfg: Any) -> None:
+        """Each job builds its Updater from the engine's config of the moment."""
+
+    def status(self) -> dict[str, Any]:
+        return self.status_section() or {}
+
+    def status_section(self) -> dict[str, Any] | None:
+        job = self._job
+        return job.summary() if job is not None else None
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def handle_command(self, command: dict[str, Any]) -> None:
+        """A Manager command {"id", "type": "update"|"rollback", ...}; returns at once."""
+        cid = str(command.get("id") or "")
+        component = str(command.get("component") or "")
+        try:
+            if command.get("type") == "update":
+                sig = command.get("manifest_sig") or b""
+                request = UpdateRequest(component, bytes(command.get("manifest") or b""),
+                                        sig.encode() if isinstance(sig, str) else bytes(sig),
+                                        url=str(command.get("url") or ""), id=cid)
+                self.submit_update(request, from_manager=True)
+            else:
+                self.submit_rollback(component, cid, from_manager=True)
+        except DaemonError as exc:
+            log.error("%s command %s refused: %s", command.get("type"), cid, exc, extra={"code": exc.code})
+            result = UpdateResult(component=component, error=str(exc))
+            self._send(cid, FAILED, 0.0, str(exc), result.to_dict())
+
+    def submit_update(self, request: UpdateRequest, *, from_manager: bool) -> Job:
+        if request.component not in COMPONENTS:
+            raise MalformedManifestError(
+                f"update: component must be agent or daemon, got {request.component!r}")
+        return self._submit("update", request.component, request.id, from_manager=from_manager,
+                            work=lambda progress: self._updater().run(request, progress))
+
+    def submit_rollback(self, component: str, request_id: str, *, from_manager: bool) -> Job:
+        if component not in COMPONENTS:
+            raise MalformedManifestError(f"rollback: component must be agent or daemon, got {component!r}")
+        return self._submit("rollback", component, request_id, from_manager=from_manager,
+                            work=lambda progress: self._updater().rollback(component, progress))
+
+    def _control_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            manifest = base64.b64decode(args.get("manifest_b64") or "", validate=True)
+            signature = base64.b64decode(args.get("signature_b64") or "", validate=True)
+        except (binascii.Error, TypeError) as exc:
+            raise ControlError(f"update: manifest_b64 and signature_b64 must be base64: {exc}") from None
+        request = UpdateRequest(str(args.get("component") or ""), manifest, signature,
+                                url=str(args.get("url") or ""), file=str(args.get("file") or ""),
+                                id=LOCAL_PREFIX + uuid.uuid4().hex[:12])
+        return {"id": self.submit_update(request, from_manager=False).id}
+
+    def _control_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
+        job = self.submit_rollback(str(args.get("component") or ""), LOCAL_PREFIX + uuid.uuid4().hex[:12],
+                                   from_manager=False)
+        return {"id": job.id}
+
+    def _control_progress(self, args: dict[str, Any]) -> dict[str, Any]:
+        job = self._jobs.get(str(args.get("id") or ""))
+        if job is None:
+            raise ControlError(f"no update with id {args.get('id')!r} in this daemon (pid {os.getpid()})")
+        after = args.get("after") or 0
+        return job.view(after if isinstance(after, int) and after >= 0 else 0)
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def _updater(self) -> Updater:
+        e = self.engine
+        return Updater(e.cfg, plugins=e.plugins, supervisor=self._supervisor if e.agent is not None else None,
+                       daemon_restart=self._restart)
+
+    def _submit(self, kind: str, component: str, request_id: str, *, from_manager: bool,
+                work: Callable[[Callable[..., None]], UpdateResult | None]) -> Job:
+        with self._lock:
+            if self._job is not None:
+                raise UpdateInProgressError(f"another update is in progress ({self._job.describe()})")
+            job = Job(request_id, kind, component, from_manager)
+            job.token = self.engine.work.begin(f"update: {kind} {component} {request_id}")
+            self._job = job
+            self._jobs[job.id] = job
+            for old in list(self._jobs)[:-KEEP_JOBS]:
+                del self._jobs[old]
+        log.info("%s of %s started (id %s)", kind, component or "?", request_id)
+        threading.Thread(target=self._run, args=(job, work), name=f"update-{kind}", daemon=True).start()
+        return job
+
+    def _run(self, job: Job, work: Callable[[Callable[..., None]], UpdateResult | None]) -> None:
+        progress = self._progress_for(job)
+        try:
+            work(progress)
+        except Exception as exc:  # the Updater returns its failures; anything raised here is a bug
+            log.exception("D4003 %s of %s failed unexpectedly", job.kind, job.component,
+                          extra={"code": "D4003"})
+            result = UpdateResult(component=job.component,
+                                  error=f"D4003 {job.kind}: {type(exc).__name__}: {exc}")
+            progress(FAILED, message=result.error, result=result)
+        finally:
+            if job.finished is None and job is self._awaiting:
+                # A self-update being watched keeps the slot (no other update until it is committed
+                # or rolled back) but is not work in flight: a SIGTERM from the watcher stops us at once.
+                self._release(job)
+            else:
+                self._end(job)
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            if job.token is not None:
+                self.engine.work.end(job.token)
+                job.token = None
+
+    def _end(self, job: Job) -> None:
+        if job.finished is None:
+            job.finished = time.time()
+        self._release(job)
+        with self._lock:
+            if self._job is job:
+                self._job = None
+
+    def _progress_for(self, job: Job) -> Callable[..., None]:
+        def progress(state: str, percent: float = 0.0, message: str = "", result: UpdateResult | None = None
+                     ) -> None:
+            job.states.append({"state": state, "percent": round(percent, 1), "message": message,
+                               "time": time.time()})
+            data = result.to_dict() if result is not None else None
+            if state in FINAL:
+                job.result = data
+                job.finished = time.time()
+            if job.from_manager:
+                self._send(job.id, state, percent, message, data)
+
+        return progress
+
+    def _send(self, command_id: str, state: str, percent: float, message: str,
+              result: dict[str, Any] | None) -> None:
+        manager = self.engine.manager
+        if manager is None or not command_id:
+            return
+        try:
+            manager.send_command_status(command_id, state, percent, message, result)
+        except Exception:  # reporting must never break the update itself
+            log.exception("cannot queue the status of command %s for the manager", command_id)
+
+    # --- crash recovery and the self-update commit --------------------------------------------------
+
+    def _recover(self, progress: Callable[..., None]) -> UpdateResult | None:
+        result = self._updater().recover(progress)
+        if result is not None:
+            return result
+        work_dir = self.engine.cfg.daemon.work_dir
+        marker = read_marker(work_dir)
+        if marker and marker.get("status") == PENDING and marker.get("pid") == os.getpid() \
+                and marker.get("pid_start") == process_start(os.getpid()):
+            job = self._job
+            self._awaiting = job
+            what = "registered with the manager and one report acknowledged" if self.engine.manager \
+                else "a report made (stand-alone)"
+            log.info("daemon %s running; committing the self-update once %s", marker.get("new_version"), what)
+            self.engine.post("call", lambda: self.engine.scheduler.every(COMMIT_TASK, COMMIT_CHECK_EVERY,
+                                                                          self._check_commit))
+        return None
+
+    def healthy(self) -> bool:
+        """The new daemon is doing its job: registered and a report of its own acknowledged by the
+        Manager, or, stand-alone, a report made and handed to the reporters."""
+        manager = self.engine.manager
+        if manager is None:
+            return self.engine.reports_built >= 1
+        st = manager.status()
+        return bool(st.get("registered")) and int(st.get("acked_seq") or 0) > self._seq_mark
+
+    def _check_commit(self) -> None:
+        """On the engine's thread, every COMMIT_CHECK_EVERY s until committed or rolled back."""
+        job = self._awaiting
+        cfg = self.engine.cfg
+        marker = read_marker(cfg.daemon.work_dir)
+        if job is None or not marker or marker.get("status") != PENDING:
+            # The watcher rolled back (it stops this daemon next) or there is nothing to do.
+            self.engine.scheduler.cancel(COMMIT_TASK)
+            return
+        if not self.healthy():
+            return
+        self.engine.scheduler.cancel(COMMIT_TASK)
+        result = commit_pending_update(cfg.daemon.work_dir, backup_dir=cfg.update.backup_dir,
+                                       max_backups=cfg.update.max_backups)
+        self._awaiting = None
+        if result is not None:
+            message = f"daemon {result['new_version']} is healthy; self-update committed"
+            log.info("update daemon: completed 100%% %s", message, extra={"update_state": COMPLETED})
+            self._progress_for(job)(COMPLETED, 100.0, message, UpdateResult(**result, message=message))
+        self._end(job)
+
+    def _restart(self) -> None:
+        """DaemonTarget's restart: close everything (not the Agent) and exec into the new pyz."""
+        from daemon_app import buildinfo
+
+        cfg = self.engine.cfg
+        path = os.path.abspath(cfg.update.daemon_path or buildinfo.pyz_path() or "")
+        job = self._job
+        token = job.token if job is not None else None
+        if job is not None:
+            job.token = None
+        try:
+            self.engine.restart_into([sys.executable, path, *sys.argv[1:]], release=token)
+        except BaseException:
+            if job is not None and token is not None:
+                job.token = token
+            raise
+
+
+def _from_manager(request_id: str) -> bool:
+    return not request_id.startswith((LOCAL_PREFIX, "recovery-"))
