@@ -291,6 +291,13 @@ def _ask(obj: Ctx, socket_path: str | None, cmd: str, args: dict[str, Any] | Non
         sys.exit(1)
 
 
+def _last_exit_text(last_exit: Any) -> str:
+    if not isinstance(last_exit, dict):
+        return "-"
+    how = f"signal {last_exit['signal']}" if last_exit.get("signal") else f"code {last_exit.get('code', '?')}"
+    return f"{how} at {last_exit.get('at', '?')}"
+
+
 _socket_option = click.option("--socket", "socket_path", metavar="PATH", type=click.Path(dir_okay=False),
                               help="Control socket (default: daemon.control_socket from the config).")
 
@@ -331,7 +338,7 @@ def format_status(s: dict[str, Any]) -> str:
     else:
         version = f" version {a['version']}" if a.get("version") else ""
         lines.append(f"  agent      {a.get('state', '?')} pid {a.get('pid') or '-'}{version}, "
-                     f"restarts {a.get('restart_count', 0)}, last exit {a.get('last_exit') or '-'}")
+                     f"restarts {a.get('restart_count', 0)}, last exit {_last_exit_text(a.get('last_exit'))}")
     lines.append(f"  reports    {s.get('reports_built', 0)} built, last {s.get('last_report') or 'never'}")
     lines.append("  collectors")
     for name, c in sorted(s.get("collectors", {}).items()):

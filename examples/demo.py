@@ -25,6 +25,7 @@ PYZ = ROOT / "dist" / "daemon.pyz"
 DEMO = ROOT / ".demo"
 SAMPLE_AGENT = ROOT / "examples" / "sample_agent.py"
 STEP_TIMEOUT = 60.0
+FINAL_STATES = ("completed", "rolled_back", "failed")
 
 
 class DemoFailed(Exception):
@@ -223,7 +224,7 @@ update:
 
         def final() -> dict[str, Any] | None:
             for update in self.mgr_json("updates", "--db", str(self.db), "--node", self.node_id):
-                if update.get("version") == version and update.get("final_state"):
+                if update.get("version") == version and update.get("state") in FINAL_STATES:
                     return update
             return None
 
@@ -236,15 +237,15 @@ update:
         wait_for("the Agent to be RUNNING at 1.0.0", lambda: (
             (s := self.agent_status()).get("state") == "RUNNING" and s.get("version") == "1.0.0"))
         good = self.push_update("1.1.0")
-        if good.get("final_state") != "completed":
-            raise DemoFailed(f"the good update ended {good.get('final_state')}: {good.get('error')}")
+        if good.get("state") != "completed":
+            raise DemoFailed(f"the good update ended {good.get('state')}: {good.get('result')}")
         wait_for("heartbeats from Agent 1.1.0", lambda: self.agent_status().get("version") == "1.1.0")
         print("the Agent now reports version 1.1.0")
 
         step("push an Agent update (1.2.0) whose Agent exits at start: it is rolled back")
         bad = self.push_update("1.2.0", exits_at_start=True)
-        if bad.get("final_state") != "rolled_back":
-            raise DemoFailed(f"the bad update ended {bad.get('final_state')}, expected rolled_back")
+        if bad.get("state") != "rolled_back":
+            raise DemoFailed(f"the bad update ended {bad.get('state')}, expected rolled_back")
         wait_for("the old Agent (1.1.0) to run again", lambda: (
             (s := self.agent_status()).get("state") == "RUNNING" and s.get("version") == "1.1.0"))
         print("rolled back: Agent 1.1.0 is running again")

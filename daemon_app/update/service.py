@@ -69,6 +69,16 @@ class Job:
                 "percent": last["percent"], "message": last["message"], "started": self.started}
 
 
+def _exit_text(last_exit: Any) -> str:
+    if not isinstance(last_exit, dict):
+        return "exited before heartbeating"
+    if last_exit.get("signal"):
+        return f"exited on signal {last_exit['signal']} before heartbeating"
+    if last_exit.get("code") is not None:
+        return f"exited with code {last_exit['code']} before heartbeating"
+    return "exited before heartbeating"
+
+
 class EngineSupervisor:
     """The update's Supervisor interface over `engine.agent` (which a reload may replace).
 
@@ -81,6 +91,7 @@ class EngineSupervisor:
         self.engine = engine
         self._baseline = 0
         self._pid = 0
+        self.failure = ""  # why the last wait_for_heartbeat failed, when the Agent exited
 
     def _sup(self) -> Any:
         sup = self.engine.agent
@@ -100,6 +111,7 @@ class EngineSupervisor:
     def wait_for_heartbeat(self, version: str | None, timeout: float) -> bool:
         sup = self._sup()
         deadline = time.monotonic() + timeout
+        self.failure = ""
         while True:
             st = sup.agent_status()
             same = bool(self._pid) and st.get("pid") == self._pid
@@ -107,7 +119,9 @@ class EngineSupervisor:
                     and (not version or st.get("version") == version):
                 return True
             if not same or st.get("state") not in _LIVE:
-                return False  # it exited (the restart policy may have started it again): not healthy
+                # It exited (the restart policy may have started it again): not healthy.
+                self.failure = _exit_text(st.get("last_exit"))
+                return False
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

@@ -161,6 +161,9 @@ class AgentTarget(FileTarget):
                      message=f"waiting up to {ctx.verify_timeout:g}s for a heartbeat from {ctx.version}")
         if sup.wait_for_heartbeat(ctx.version, ctx.verify_timeout):
             return None
+        exited = getattr(sup, "failure", "")  # set by supervisors that can tell an exit from silence
+        if exited:
+            return exited
         return f"no heartbeat reporting version {ctx.version} within {ctx.verify_timeout:g}s"
 
     def resume(self, ctx: InstallContext) -> bool | None:
