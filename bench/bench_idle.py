@@ -2,7 +2,9 @@
 
 Budgets (DESIGN.md §9): idle RSS <= 40 MB, idle CPU <= 0.1 %. Starts the reference Manager
 (`python -m daemon_manager serve`, dev PKI) and dist/daemon.pyz (built when missing; `--source`
-runs `python -m daemon_app` from this tree instead) supervising examples/sample_agent.py. After the
+runs `python -m daemon_app` from this tree instead) supervising examples/sample_agent.py, as
+deploy/daemon.service runs it: with that unit's Environment= settings, a NOTIFY_SOCKET (STATUS
+lines every 10 s) and its watchdog (WatchdogSec=60s: a ping every 30 s). After the
 warm-up (60 s; --quick 20 s) it reads RSS and PSS of the daemon process only (not the Agent) and
 its thread count, then measures CPU and wake-ups (voluntary + involuntary context switches of
 every thread) over a window (120 s; --quick 30 s). Per-thread wake-ups and CPU (schedstat) go to
@@ -16,9 +18,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +31,43 @@ from common import PYZ, ROOT, CpuWindow, arg_parser, children, emit, log, pss_mb
 from manager_support import ManagerProcess
 
 SAMPLE_AGENT = ROOT / "examples" / "sample_agent.py"
+UNIT = ROOT / "deploy" / "daemon.service"
+
+
+def unit_settings() -> tuple[dict[str, str], int]:
+    """The Environment= variables of deploy/daemon.service (but SHIV_ROOT) and its WatchdogSec in µs."""
+    env: dict[str, str] = {}
+    watchdog_usec = 0
+    for line in UNIT.read_text().splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "Environment":
+            name, _, val = value.strip('"').partition("=")
+            if name != "SHIV_ROOT":
+                env[name] = val
+        elif key == "WatchdogSec":
+            watchdog_usec = int(float(value.rstrip("s")) * 1_000_000)
+    return env, watchdog_usec
+
+
+class NotifySocket:
+    """Stands in for systemd's notify socket: takes every datagram so the daemon never blocks on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def threads(pid: int) -> dict[int, tuple[str, int, int]]:
@@ -84,18 +125,24 @@ def main() -> None:
     from daemon_manager.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="bidle", dir="/tmp"))  # short: AF_UNIX paths
-    manager = proc = None
+    manager = proc = notify = None
     agent_pids: list[int] = []
     try:
         pki.init(tmp / "pki", ["idle"])
         manager = ManagerProcess(str(tmp / "manager.db"), str(tmp / "pki"))
         cfg = write_config(tmp, manager.address, tmp / "pki")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "DAEMON_", "NOTIFY_"))}
-        env["SHIV_ROOT"] = str(tmp / "shiv")
+        unit_env, watchdog_usec = unit_settings()
+        notify = NotifySocket(tmp / "notify.sock")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PYTHON", "DAEMON_", "NOTIFY_", "WATCHDOG_", "MALLOC_", "GRPC_"))}
+        env.update(unit_env, SHIV_ROOT=str(tmp / "shiv"), NOTIFY_SOCKET=str(notify.path),
+                   WATCHDOG_USEC=str(watchdog_usec))
+        log(f"environment from {UNIT.relative_to(ROOT)}: {unit_env}, WATCHDOG_USEC={watchdog_usec}")
         cmd = daemon_command(args.source, cfg, env)
         log(f"daemon: {' '.join(cmd)}; manager {manager.address}")
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         store = Store(str(tmp / "manager.db"))
 
         def registered_with_report() -> bool:
@@ -122,15 +169,20 @@ def main() -> None:
         after = threads(proc.pid)
         if proc.poll() is not None:
             raise SystemExit(f"the daemon exited with {proc.returncode} during the window")
-        total = 0
+        total = total_ns = 0
         for tid, (name, count, ns) in sorted(after.items()):
             _, count0, ns0 = before.get(tid, (name, 0, 0))
             total += count - count0
+            total_ns += ns - ns0
             log(f"  thread {tid:>7} {name:<16} {(count - count0) / elapsed:7.2f} wake-ups/s "
                 f"{(ns - ns0) / 1e7 / elapsed:7.4f} % CPU")
         gone = set(before) - set(after)
         if gone:
             log(f"  {len(gone)} thread(s) ended inside the window (not counted)")
+        sent = b"\n".join(notify.messages)
+        log(f"  threads together: {total_ns / 1e7 / elapsed:.4f} % CPU (schedstat); notify socket got "
+            f"READY=1 {sent.count(b'READY=1')}x, STATUS= {sent.count(b'STATUS=')}x, "
+            f"WATCHDOG=1 {sent.count(b'WATCHDOG=1')}x since start")
         figures = {"idle_rss_mb": round(rss, 1), "idle_pss_mb": round(pss, 1), "idle_cpu_percent": cpu,
                    "idle_threads": len(after), "idle_wakeups_per_s": round(total / elapsed, 2)}
         log(f"after {warmup:.0f} s: RSS {rss:.1f} MB (budget 40), PSS {pss:.1f} MB, {len(after)} threads; "
@@ -148,6 +200,8 @@ def main() -> None:
                 pass
         if manager is not None:
             manager.stop()
+        if notify is not None:
+            notify.close()
         shutil.rmtree(tmp, ignore_errors=True)
     emit(figures)
 

@@ -27,7 +27,7 @@ trap 'rm -rf "$stage"' EXIT
 build_id="$("$PYTHON" build/stage.py "$stage/site-packages")"
 
 mkdir -p "$(dirname "$OUT")"
-"$PYTHON" -m shiv --reproducible --compressed \
+"$PYTHON" -m shiv --reproducible --compressed --compile-pyc \
     --python "/usr/bin/env python3" \
     --entry-point daemon_app.cli:main \
     --preamble build/preamble.py \
