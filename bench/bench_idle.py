@@ -5,10 +5,11 @@ Budgets (DESIGN.md §9): idle RSS <= 40 MB, idle CPU <= 0.1 %. Starts the refere
 runs `python -m daemon_app` from this tree instead) supervising examples/sample_agent.py, as
 deploy/daemon.service runs it: with that unit's Environment= settings, a NOTIFY_SOCKET (STATUS
 lines every 10 s) and its watchdog (WatchdogSec=60s: a ping every 30 s). After the
-warm-up (60 s; --quick 20 s) it reads RSS and PSS of the daemon process only (not the Agent) and
-its thread count, then measures CPU and wake-ups (voluntary + involuntary context switches of
-every thread) over a window (120 s; --quick 30 s). Per-thread wake-ups and CPU (schedstat) go to
-stderr.
+warm-up (60 s; --quick 20 s) it measures, over a window (120 s; --quick 30 s), CPU and wake-ups
+(voluntary + involuntary context switches of every thread), and RSS and PSS of the daemon process
+only (not the Agent) every 5 s: the figures are the highest seen, since a single sample may fall
+between two of the periodic rounds (reports, heartbeats) that touch more memory. Per-thread
+wake-ups and CPU (schedstat) go to stderr.
 Human lines go to stderr; the last stdout line is the JSON of figures.
 """
 
@@ -156,14 +157,14 @@ def main() -> None:
         agent_pids = wait_until(lambda: children(proc.pid), timeout=30, what="the Agent")
 
         time.sleep(max(0.0, warmup - (time.monotonic() - t0)))
-        rss, pss = rss_mb(proc.pid), pss_mb(proc.pid)
+        rss_at_warmup = rss = rss_mb(proc.pid)
+        pss = pss_mb(proc.pid)
         before = threads(proc.pid)
         meter = CpuWindow(proc.pid)
         w0 = time.monotonic()
-        peak = rss
         while time.monotonic() - w0 < window:
             time.sleep(min(5.0, window - (time.monotonic() - w0)))
-            peak = max(peak, rss_mb(proc.pid))
+            rss, pss = max(rss, rss_mb(proc.pid)), max(pss, pss_mb(proc.pid))
         cpu = meter.percent()
         elapsed = time.monotonic() - w0
         after = threads(proc.pid)
@@ -185,9 +186,9 @@ def main() -> None:
             f"WATCHDOG=1 {sent.count(b'WATCHDOG=1')}x since start")
         figures = {"idle_rss_mb": round(rss, 1), "idle_pss_mb": round(pss, 1), "idle_cpu_percent": cpu,
                    "idle_threads": len(after), "idle_wakeups_per_s": round(total / elapsed, 2)}
-        log(f"after {warmup:.0f} s: RSS {rss:.1f} MB (budget 40), PSS {pss:.1f} MB, {len(after)} threads; "
-            f"over {elapsed:.0f} s: CPU {cpu:.3f} % (budget 0.1), {total / elapsed:.2f} wake-ups/s, "
-            f"peak RSS {peak:.1f} MB")
+        log(f"from {warmup:.0f} s to {warmup + elapsed:.0f} s: RSS at most {rss:.1f} MB (budget 40; "
+            f"{rss_at_warmup:.1f} MB at {warmup:.0f} s), PSS at most {pss:.1f} MB, {len(after)} threads, "
+            f"CPU {cpu:.3f} % (budget 0.1), {total / elapsed:.2f} wake-ups/s")
     finally:
         if proc is not None and proc.poll() is None:
             agent_pids = agent_pids or children(proc.pid)

@@ -92,7 +92,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "imports_s": ("s", "time the daemon spends importing modules at start (python -X importtime)"),
     "python_startup_s": ("s", "a bare Python interpreter's start, for scale"),
     "runs": ("", "daemon starts timed for ready_s"),
-    "idle_rss_mb": ("MB", "RSS of daemon.pyz with a Manager and the sample Agent, after 60 s"),
+    "idle_rss_mb": ("MB", "RSS of daemon.pyz with a Manager and the sample Agent, highest from 60 to 180 s"),
     "idle_pss_mb": ("MB", "PSS (shared pages split) of the same daemon"),
     "idle_cpu_percent": ("%", "CPU of the same daemon over 120 s, % of one core"),
     "idle_threads": ("", "threads of the same daemon (Python and grpc's own)"),
