@@ -27,11 +27,11 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class ManagerProcess:
-    """`python -m daemon_manager serve` on a free loopback port."""
+    """`python -m daemon_manager serve` on a free loopback port (or the given HOST:PORT)."""
 
-    def __init__(self, db: str, tls_dir: str) -> None:
+    def __init__(self, db: str, tls_dir: str, listen: str = "127.0.0.1:0") -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, "-m", "daemon_manager", "serve", "--listen", "127.0.0.1:0", "--db", db,
+        cmd = [sys.executable, "-m", "daemon_manager", "serve", "--listen", listen, "--db", db,
                "--tls-dir", tls_dir]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(ROOT))

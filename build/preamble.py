@@ -9,6 +9,7 @@ was started from ($SHIV_PYZ). It never stops the daemon: any error here is ignor
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,16 @@ def prune(current: Path) -> None:
         (root / f".{old.name}_lock").unlink(missing_ok=True)
 
 
+def forget_builtin_hashlib() -> None:
+    """__main__.py (build/mainpy.py) hid _hashlib from shiv's bootstrap so that OpenSSL's libcrypto
+    stays unloaded: drop that hashlib, and the daemon's first `import hashlib` loads the real one."""
+    if "_hashlib" in sys.modules and sys.modules["_hashlib"] is None:
+        del sys.modules["_hashlib"]
+        sys.modules.pop("hashlib", None)
+
+
 def main() -> None:
+    forget_builtin_hashlib()
     os.environ["SHIV_PYZ"] = os.path.abspath(archive)  # noqa: F821 - set by shiv's bootstrap
     try:
         prune(Path(site_packages).parent)  # noqa: F821 - set by shiv's bootstrap

@@ -31,12 +31,13 @@ build_id="$("$PYTHON" build/stage.py "$stage/site-packages" --version "${DAEMON_
     --inject "${DAEMON_INJECT:-}")"
 
 mkdir -p "$(dirname "$OUT")"
-"$PYTHON" -m shiv --reproducible --compressed \
+"$PYTHON" -m shiv --reproducible --compressed --compile-pyc \
     --python "/usr/bin/env python3" \
     --entry-point daemon_app.cli:main \
     --preamble build/preamble.py \
     --site-packages "$stage/site-packages" \
     --build-id "$build_id" \
     --output-file "$OUT.tmp" | { grep -v "overridden the default build-id" || true; }
+"$PYTHON" build/mainpy.py "$OUT.tmp"
 mv -f "$OUT.tmp" "$OUT"
 echo "built $OUT: build $build_id, $(du -h "$OUT" | cut -f1), sha256 $(sha256sum "$OUT" | cut -c1-16)"

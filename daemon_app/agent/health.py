@@ -7,6 +7,7 @@ has already reaped (their time is in the leader's children_* counters). 100 % is
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,36 @@ class Sample:
     cpu_percent: float
     memory_bytes: int
     processes: int
+
+
+def descendants(root: psutil.Process) -> list[psutil.Process]:
+    """Every live process below `root`, found through /proc/<pid>/task/<tid>/children.
+
+    psutil's children(recursive=True) reads the stat file of every process on the host (~20 us
+    each): on a host running 1000 processes a health check every 30 s alone cost the idle daemon
+    ~0.07 % CPU. Walking the Agent's own tree costs the same on any host. Kernels without the
+    children files (CONFIG_PROC_CHILDREN) get psutil's scan.
+    """
+    if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+        return root.children(recursive=True)
+    out: list[psutil.Process] = []
+    todo = [root.pid]
+    while todo:
+        pid = todo.pop()
+        kids: set[int] = set()
+        try:
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with open(f"{task.path}/children", encoding="ascii") as fh:
+                    kids.update(int(k) for k in fh.read().split())
+        except FileNotFoundError:  # the process or one of its threads ended while we looked
+            pass
+        for kid in sorted(kids):
+            try:
+                out.append(psutil.Process(kid))
+            except psutil.NoSuchProcess:
+                continue
+            todo.append(kid)
+    return out
 
 
 class ResourceSampler:
@@ -39,7 +70,7 @@ class ResourceSampler:
                 t = self._root.cpu_times()
                 cpu = t.user + t.system + t.children_user + t.children_system
                 rss = self._root.memory_info().rss
-            children = self._root.children(recursive=True)
+            children = descendants(self._root)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None
         except psutil.AccessDenied:

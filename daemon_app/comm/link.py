@@ -1,8 +1,12 @@
 """The Manager link: a gRPC client over mutual TLS that registers, heartbeats, drains the outbox,
 receives pushed commands and reports their progress (seed §3.5.1).
 
-The engine's `report` hook only writes to the durable outbox; one sender thread does all the
-network work, and a second thread holds the command stream open. Neither ever blocks the engine.
+The engine's `report` hook only writes to the durable outbox. All network work runs on one asyncio
+loop in the "manager-link" thread with grpc.aio: the sender (register, statuses, report batches,
+heartbeats) and the command stream. grpc's synchronous API polls every 100-200 ms while a stream is
+open (two Python threads, ~15 wake-ups/s, ~0.2 % CPU at idle); grpc.aio's completion-queue poller
+blocks until something happens, so an idle link sleeps until its next heartbeat or certificate check.
+Nothing here ever blocks the engine.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import collections
 import logging
 import os
 import random
+import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon_app.comm import messages, tls
 from daemon_app.comm.outbox import Outbox
@@ -21,14 +26,24 @@ from daemon_app.errors import ManagerConnectError, ManagerRegisterError, Manager
 from daemon_app.hookspecs import hookimpl
 from daemon_app.metrics import rfc3339
 
+if TYPE_CHECKING:
+    import asyncio
+
 log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 3 * 1024 * 1024  # the reference Manager refuses messages over 4 MiB
 MAX_BATCH_BYTES = 1024 * 1024
 STREAM_SECONDS = 600.0  # the command stream is re-opened this often, so even it has a deadline
 TLS_CHECK_SECONDS = 5.0
+# A connection runs most of its one-time code (handshake, stream set-up, first batches) in its first
+# seconds; after this long the grpc code pages it touched are handed back (comm/pages.py).
+RELEASE_PAGES_AFTER = 30.0
+STOP_GRACE_SECONDS = 2.0  # after the shutdown deadline, how long cancelling calls in flight may take
+# A ping a minute notices a Manager that vanished without closing the connection while the command
+# stream is idle. Each ping wakes grpc's worker threads for seconds after it (they back off from
+# 33 ms); at 10 s that cost the idle daemon ~0.03 % CPU.
 KEEPALIVE = [
-    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
@@ -41,7 +56,40 @@ class _Reconnect(Exception):
 
 
 class _Stopped(Exception):
-    """stop() asked the sender thread to finish."""
+    """stop() asked the sender to finish."""
+
+
+def _import_grpc() -> Any:
+    """grpc, and asyncio which grpc imports, without the ssl module.
+
+    asyncio imports ssl only to offer TLS on its own transports, which the link never uses: grpc
+    carries its own TLS library. Loading and initialising OpenSSL through the ssl module would cost
+    the idle daemon ~4 MB of resident memory. While grpc is imported here, `import ssl` fails in
+    every thread; in the daemon only an update download imports ssl (requests), and this runs once
+    per process, when the first link starts. Afterwards ssl imports normally.
+    """
+    if "ssl" in sys.modules or "asyncio" in sys.modules:
+        import grpc
+
+        return grpc
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import grpc
+    finally:
+        if sys.modules.get("ssl", False) is None:
+            del sys.modules["ssl"]
+    return grpc
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` seconds passed, whichever comes first."""
+    import asyncio
+
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+    except TimeoutError:
+        pass
 
 
 class ManagerLink:
@@ -54,13 +102,19 @@ class ManagerLink:
         self.engine = engine
         self._outbox: Outbox | None = None
         self._outbox_lock = threading.Lock()
-        self._cond = threading.Condition()
-        self._kick = False
+        self._progress_lock = threading.Lock()
         self._progress: collections.deque[Any] = collections.deque(maxlen=256)
         self._stop = threading.Event()
         self._deadline = 0.0
         self._reconnect = False
         self._thread: threading.Thread | None = None
+        # The loop and everything below it are used only on the link thread; other threads reach
+        # it through _wake() and stop(), which go through call_soon_threadsafe.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kicked: Any = None  # asyncio.Events, made on the link thread with its loop
+        self._stopping: Any = None
+        self._main: asyncio.Task[None] | None = None
+        self._commands: asyncio.Task[None] | None = None
         self._channel: Any = None
         self._gen = 0
         self._phase = "connect"
@@ -74,29 +128,31 @@ class ManagerLink:
         self._cert: dict[str, Any] = {}
         self._tls_fp: tuple[Any, ...] = ()
         self._heartbeat_override = 0.0
+        self._release_pages_at = 0.0
 
     # --- Service ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check the TLS files (D2001 when missing), open the outbox, start the sender. No network here."""
+        """Check the TLS files (D2001 when missing), open the outbox, start the link thread; no network."""
         tls.load(self.cfg.manager.tls)
         tls.check_validity(self.cfg.manager.tls.cert_file)
         self.outbox  # noqa: B018 - open (and repair) the outbox now, not on the first report
         self._state = "connecting"
-        self._thread = threading.Thread(target=self._run, name="manager-link", daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, name="manager-link", daemon=True)
         self._thread.start()
 
     def stop(self, deadline: float) -> None:
         """Flush what the Manager will take before `deadline`, then close."""
         self._deadline = deadline
         self._stop.set()
-        self._wake()
+        self._call_soon(self._on_stop)
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
             if self._thread.is_alive():
                 log.warning("manager link did not finish flushing by the shutdown deadline; %d report(s) "
                             "stay in the outbox for the next start", self.outbox.depth)
-        self._close_channel()
+                self._call_soon(self._cancel_main)
+                self._thread.join(STOP_GRACE_SECONDS)
         self._state = "stopped"
         with self._outbox_lock:
             if self._outbox is not None and not (self._thread and self._thread.is_alive()):
@@ -125,7 +181,7 @@ class ManagerLink:
             "dropped": box.dropped,
             "acked_seq": box.acked_seq,
             "last_seq": box.last_seq,
-            "pending_command_statuses": len(box.pending_statuses()),
+            "pending_command_statuses": box.status_count,
             "last_error": self._last_error,
             "client_cert": {k: str(v) for k, v in self._cert.items()},
         }
@@ -156,53 +212,97 @@ class ManagerLink:
         if state in messages.TERMINAL_STATES:
             self.outbox.put_status(command_id, msg.SerializeToString())
         else:
-            with self._cond:
+            with self._progress_lock:
                 self._progress.append(msg)
         self._wake()
 
-    # --- the sender thread ------------------------------------------------------------------------
+    # --- the link thread ----------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        with self._cond:
-            self._kick = True
-            self._cond.notify_all()
+        """Any thread: make the sender look at the outbox, the statuses and the flags now."""
+        self._call_soon(self._on_wake)
 
-    def _run(self) -> None:
-        import grpc
+    def _on_wake(self) -> None:
+        self._kicked.set()
 
+    def _on_stop(self) -> None:
+        self._stopping.set()
+        self._kicked.set()
+
+    def _call_soon(self, fn: Any) -> None:
+        loop = self._loop
+        if loop is None:  # not running yet: the thread checks _stop and the outbox when it starts
+            return
+        try:
+            loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop is closed: the link has stopped, nothing is left to wake
+            pass
+
+    def _cancel_main(self) -> None:
+        if self._main is not None:
+            self._main.cancel()
+
+    def _thread_main(self) -> None:
+        grpc = _import_grpc()
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._kicked, self._stopping = asyncio.Event(), asyncio.Event()
+        self._loop = loop  # published last: _call_soon reaches the loop only once its events exist
+        try:
+            self._main = loop.create_task(self._run(grpc))
+            loop.run_until_complete(self._main)
+        except asyncio.CancelledError:
+            log.warning("manager link: calls still in flight at the shutdown deadline were cancelled")
+        except Exception:
+            log.exception("manager link thread failed")
+        finally:
+            rest = asyncio.all_tasks(loop)
+            for task in rest:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.close()
+            self._state = "stopped"
+
+    async def _run(self, grpc: Any) -> None:
         attempt = 0
-        while not self._stop.is_set():
-            self._state = "connecting"
-            try:
-                stub = self._connect(grpc)
-                attempt = 0
-                self._serve(stub)
-            except _Reconnect:
-                self._close_channel()
-                continue
-            except _Stopped:
-                break
-            except grpc.RpcError as exc:
-                self._rpc_failed(exc)
-            except (ManagerConnectError, ManagerReportError) as exc:
-                self._problem(str(exc), exc.code)
-            except Exception as exc:  # a bug here must not end reporting for good
-                log.exception("manager link failed")
-                self._problem(f"D2003 manager link failed: {type(exc).__name__}: {exc}", "D2003")
-            self._close_channel()
-            if self._stop.is_set():
-                break
-            mcfg = self.cfg.manager
-            cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(attempt, 30))
-            delay = random.uniform(0, cap)  # full jitter: a fleet does not come back in step
-            attempt += 1
-            self._state = "backoff"
-            log.debug("reconnecting to %s in %.2fs (attempt %d)", self.cfg.manager.address, delay, attempt)
-            self._stop.wait(delay)
-        self._close_channel()
-        self._state = "stopped"
+        try:
+            while not self._stop.is_set():
+                self._state = "connecting"
+                try:
+                    stub = await self._connect(grpc)
+                    attempt = 0
+                    await self._serve(stub)
+                except _Reconnect:
+                    await self._close_channel()
+                    continue
+                except _Stopped:
+                    break
+                except grpc.RpcError as exc:
+                    self._rpc_failed(exc)
+                except (ManagerConnectError, ManagerReportError) as exc:
+                    self._problem(str(exc), exc.code)
+                except Exception as exc:  # a bug here must not end reporting for good
+                    log.exception("manager link failed")
+                    self._problem(f"D2003 manager link failed: {type(exc).__name__}: {exc}", "D2003")
+                await self._close_channel()
+                if self._stop.is_set():
+                    break
+                mcfg = self.cfg.manager
+                cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(attempt, 30))
+                delay = random.uniform(0, cap)  # full jitter: a fleet does not come back in step
+                attempt += 1
+                self._state = "backoff"
+                log.debug("reconnecting to %s in %.2fs (attempt %d)", mcfg.address, delay, attempt)
+                await _wait(self._stopping, delay)
+        finally:
+            await self._close_channel()
+            self._state = "stopped"
 
-    def _connect(self, grpc: Any) -> Any:
+    async def _connect(self, grpc: Any) -> Any:
+        import asyncio
+
         from daemon_app.proto import daemon_pb2 as pb
         from daemon_app.proto import daemon_pb2_grpc as pb_grpc
 
@@ -221,17 +321,14 @@ class ManagerLink:
         self._reconnect = False
         self._stream_error = None
         self._phase = "connect"
-        self._stream_error: Exception | None = None
-        channel = grpc.secure_channel(mcfg.address, creds, options=options)
-        with self._cond:
-            self._channel = channel
-            self._gen += 1
-            gen = self._gen
-        stub = pb_grpc.DaemonServiceStub(channel)
+        self._channel = grpc.aio.secure_channel(mcfg.address, creds, options=options)
+        self._gen += 1
+        gen = self._gen
+        stub = pb_grpc.DaemonServiceStub(self._channel)
         agent = self.engine.agent.agent_status() if getattr(self.engine, "agent", None) is not None else {}
         agent_version = str((agent or {}).get("version") or "")
         info = messages.node_info(self.engine.node_id, self.cfg, agent_version, rfc3339())
-        resp = stub.Register(pb.RegisterRequest(node=info), timeout=self._call_timeout())
+        resp = await stub.Register(pb.RegisterRequest(node=info), timeout=self._call_timeout())
         self._contact()
         self._registered = True
         self._heartbeat_override = resp.heartbeat_interval_ms / 1000.0
@@ -243,25 +340,28 @@ class ManagerLink:
                  mcfg.address, self.engine.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
                  box.depth)
         self._state = "ready"
-        threading.Thread(target=self._stream_commands, args=(grpc, stub, gen), name="manager-commands",
-                         daemon=True).start()
+        self._release_pages_at = time.monotonic() + RELEASE_PAGES_AFTER
+        self._commands = asyncio.get_running_loop().create_task(self._stream_commands(grpc, stub, gen))
         return stub
 
-    def _serve(self, stub: Any) -> None:
+    async def _serve(self, stub: Any) -> None:
         """Send statuses, report batches and heartbeats until the connection fails or we stop."""
         next_heartbeat = time.monotonic() + self._heartbeat_interval()
         next_tls_check = time.monotonic() + TLS_CHECK_SECONDS
         while True:
-            self._send_statuses(stub)
-            more = self._send_batch(stub)
+            await self._send_statuses(stub)
+            more = await self._send_batch(stub)
             now = time.monotonic()
             if now >= next_heartbeat:
-                self._heartbeat(stub)
+                await self._heartbeat(stub)
                 next_heartbeat = time.monotonic() + self._heartbeat_interval()
             if now >= next_tls_check:
                 next_tls_check = now + TLS_CHECK_SECONDS
                 if tls.fingerprint(self.cfg.manager.tls) != self._tls_fp:
                     raise _Reconnect()
+            if self._release_pages_at and now >= self._release_pages_at:  # checked with the TLS files
+                self._release_pages_at = 0.0
+                self._release_grpc_pages()
             if self._reconnect:
                 raise _Reconnect()
             if self._stream_error is not None:
@@ -269,46 +369,57 @@ class ManagerLink:
                 raise error
             if self._stop.is_set():
                 box = self.outbox
-                if (box.depth == 0 and not box.pending_statuses() and not self._progress) \
+                if (box.depth == 0 and box.status_count == 0 and not self._progress) \
                         or time.monotonic() >= self._deadline:
                     raise _Stopped()
                 continue
-            pause = self.cfg.manager.outbox.drain_interval if more else None
-            wait = min(next_heartbeat, next_tls_check) - time.monotonic()
-            with self._cond:
-                if pause is not None:
-                    self._cond.wait_for(lambda: self._stop.is_set(), timeout=pause)
-                elif not self._kick:
-                    self._cond.wait_for(lambda: self._kick, timeout=max(0.0, wait))
-                self._kick = False
+            if more:  # catching up: pause between batches, but not for reports that keep coming
+                await _wait(self._stopping, self.cfg.manager.outbox.drain_interval)
+            else:
+                await _wait(self._kicked, min(next_heartbeat, next_tls_check) - time.monotonic())
+            self._kicked.clear()
 
-    def _send_statuses(self, stub: Any) -> None:
+    @staticmethod
+    def _release_grpc_pages() -> None:
+        """Connected and idle: give back the grpc code pages only connecting ran (comm/pages.py)."""
+        from daemon_app.comm import pages
+
+        cygrpc = sys.modules.get("grpc._cython.cygrpc")
+        try:
+            if cygrpc is not None and getattr(cygrpc, "__file__", None):
+                log.debug("released %d kB of grpc's mapped code", pages.release(cygrpc.__file__) // 1024)
+        except OSError as exc:  # an optimisation only: never a reason to drop the connection
+            log.debug("could not release grpc's code pages: %s", exc)
+
+    async def _send_statuses(self, stub: Any) -> None:
         self._phase = "status"
         while True:
-            with self._cond:
+            with self._progress_lock:
                 if not self._progress:
                     break
                 msg = self._progress[0]
-            stub.ReportCommandStatus(msg, timeout=self._call_timeout())
+            await stub.ReportCommandStatus(msg, timeout=self._call_timeout())
             self._contact()
-            with self._cond:
+            with self._progress_lock:
                 if self._progress and self._progress[0] is msg:
                     self._progress.popleft()
+        if not self.outbox.status_count:
+            return
         from daemon_app.proto import daemon_pb2 as pb
 
         for status_id, body in self.outbox.pending_statuses():
-            stub.ReportCommandStatus(pb.CommandStatus.FromString(body), timeout=self._call_timeout())
+            await stub.ReportCommandStatus(pb.CommandStatus.FromString(body), timeout=self._call_timeout())
             self._contact()
             self.outbox.remove_status(status_id)
 
-    def _send_batch(self, stub: Any) -> bool:
+    async def _send_batch(self, stub: Any) -> bool:
         """Send the oldest reports; True when more are waiting."""
         from daemon_app.proto import daemon_pb2 as pb
 
         box = self.outbox
-        rows = box.peek(self.cfg.manager.outbox.batch_size)
-        if not rows:
+        if not box.depth:  # in memory: an idle wake-up does not read the database
             return False
+        rows = box.peek(self.cfg.manager.outbox.batch_size)
         self._phase = "report"
         node_id = self.engine.node_id
         batch = pb.ReportBatch(node_id=node_id)
@@ -321,7 +432,7 @@ class ManagerLink:
             report = batch.reports.add()
             report.MergeFromString(body)
             report.seq, report.node_id, report.outbox_dropped = seq, node_id, dropped
-        ack = stub.ReportMetrics(batch, timeout=self._call_timeout())
+        ack = await stub.ReportMetrics(batch, timeout=self._call_timeout())
         self._contact()
         if ack.rejected_seqs:
             log.error("D2003 the manager refused report(s) %s for good: %s", list(ack.rejected_seqs),
@@ -332,7 +443,7 @@ class ManagerLink:
         box.ack(ack.acked_seq)
         return box.depth > 0
 
-    def _heartbeat(self, stub: Any) -> None:
+    async def _heartbeat(self, stub: Any) -> None:
         from daemon_app.proto import daemon_pb2 as pb
 
         self._phase = "heartbeat"
@@ -343,7 +454,7 @@ class ManagerLink:
             agent = messages.agent_status_to_pb(self.engine.agent.agent_status())
             if agent is not None:
                 req.agent_status.CopyFrom(agent)
-        resp = stub.Heartbeat(req, timeout=self._call_timeout())
+        resp = await stub.Heartbeat(req, timeout=self._call_timeout())
         self._contact()
         self._heartbeat_override = resp.next_interval_ms / 1000.0 or self._heartbeat_override
 
@@ -398,34 +509,38 @@ class ManagerLink:
         else:
             log.debug("%s", text, extra={"code": code})
 
-    def _close_channel(self) -> None:
-        with self._cond:
-            channel, self._channel = self._channel, None
-            self._gen += 1
+    async def _close_channel(self) -> None:
+        commands, self._commands = self._commands, None
+        channel, self._channel = self._channel, None
+        self._gen += 1
         self._connected = False
+        if commands is not None:
+            commands.cancel()
         if channel is not None:
-            channel.close()
+            await channel.close()
 
     # --- the command stream -------------------------------------------------------------------------
 
-    def _stream_commands(self, grpc: Any, stub: Any, gen: int) -> None:
+    async def _stream_commands(self, grpc: Any, stub: Any, gen: int) -> None:
+        import asyncio
+
         from daemon_app.proto import daemon_pb2 as pb
 
         while not self._stop.is_set() and gen == self._gen:
             try:
-                for cmd in stub.Commands(pb.CommandStreamRequest(node_id=self.engine.node_id),
-                                         timeout=STREAM_SECONDS):
+                async for cmd in stub.Commands(pb.CommandStreamRequest(node_id=self.engine.node_id),
+                                               timeout=STREAM_SECONDS):
                     self._contact()
                     self._on_command(cmd)
             except grpc.RpcError as exc:
                 if self._stop.is_set() or gen != self._gen or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    # Let the sender thread reconnect (with backoff): the Manager may be gone.
+                    # Let the sender reconnect (with backoff): the Manager may be gone.
                     self._stream_error = exc
                     self._wake()
                     return
-            except ValueError:  # the channel was closed under us
+            except asyncio.CancelledError:  # _close_channel: this connection is over
                 return
 
     def _on_command(self, cmd: Any) -> None:

@@ -8,11 +8,13 @@ Terminal command statuses live in a second table and are never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 from daemon_app.errors import ManagerReportError
 
@@ -29,7 +31,11 @@ SEEN_COMMANDS_KEPT = 1000
 
 
 class Outbox:
-    """Thread-safe: the engine thread enqueues, the sender thread peeks and acks."""
+    """Thread-safe: the engine thread enqueues, the sender thread peeks and acks.
+
+    Counters (depth, bytes, sequence numbers, drops, pending statuses) are kept in memory as well,
+    so that status lines and heartbeats read them without touching the database.
+    """
 
     def __init__(self, path: str, max_bytes: int, max_item_bytes: int | None = None) -> None:
         self.path = path
@@ -50,8 +56,7 @@ class Outbox:
                 if os.path.exists(path + suffix):
                     os.remove(path + suffix)
             self._db = self._open(path)
-        self._depth, self._bytes = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports").fetchone()
+        self._load_counters()
 
     @staticmethod
     def _open(path: str) -> sqlite3.Connection:
@@ -63,20 +68,37 @@ class Outbox:
         db.execute("SELECT COUNT(*) FROM reports").fetchone()
         return db
 
+    def _load_counters(self) -> None:
+        self._depth, self._bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports").fetchone()
+        self._metas = {str(k): int(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        self._statuses = self._db.execute("SELECT COUNT(*) FROM statuses").fetchone()[0]
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One transaction under the lock; a failed one leaves the counters as the database has them."""
+        with self._lock:
+            try:
+                with self._db:
+                    yield
+            except BaseException:
+                self._load_counters()
+                raise
+
     def _meta(self, key: str) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else 0
+        return self._metas.get(key, 0)
 
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        self._metas[key] = value
 
     # --- reports ---------------------------------------------------------------------------------
 
     def enqueue(self, body: bytes) -> int:
         """Persist one report; returns its sequence number. Drops the oldest when over the bound."""
         size = len(body)
-        with self._lock, self._db:
+        with self._write():
             seq = max(self._meta("last_seq"), self._meta("acked_seq")) + 1
             self._set_meta("last_seq", seq)
             if size > min(self.max_bytes, self.max_item_bytes):
@@ -114,7 +136,7 @@ class Outbox:
 
     def ack(self, seq: int) -> int:
         """The Manager holds every report up to `seq`: forget them. Returns how many went."""
-        with self._lock, self._db:
+        with self._write():
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM reports "
                                    "WHERE seq <= ?", (seq,)).fetchone()
             self._db.execute("DELETE FROM reports WHERE seq <= ?", (seq,))
@@ -126,7 +148,7 @@ class Outbox:
 
     def ensure_seq_after(self, seq: int) -> None:
         """Never reuse a number the Manager already holds (e.g. after work_dir was wiped)."""
-        with self._lock, self._db:
+        with self._write():
             if seq > self._meta("last_seq"):
                 self._set_meta("last_seq", seq)
 
@@ -140,39 +162,42 @@ class Outbox:
 
     @property
     def dropped(self) -> int:
-        with self._lock:
-            return self._meta("dropped")
+        return self._meta("dropped")
 
     @property
     def acked_seq(self) -> int:
-        with self._lock:
-            return self._meta("acked_seq")
+        return self._meta("acked_seq")
 
     @property
     def last_seq(self) -> int:
-        with self._lock:
-            return self._meta("last_seq")
+        return self._meta("last_seq")
 
     # --- terminal command statuses ---------------------------------------------------------------
 
     def put_status(self, command_id: str, body: bytes) -> int:
-        with self._lock, self._db:
+        with self._write():
             cur = self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)", (command_id, body))
+            self._statuses += 1
             return int(cur.lastrowid or 0)
+
+    @property
+    def status_count(self) -> int:
+        """How many terminal statuses wait for the Manager's ack."""
+        return self._statuses
 
     def pending_statuses(self) -> list[tuple[int, bytes]]:
         with self._lock:
             return self._db.execute("SELECT id, body FROM statuses ORDER BY id").fetchall()
 
     def remove_status(self, status_id: int) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM statuses WHERE id = ?", (status_id,))
+        with self._write():
+            self._statuses -= self._db.execute("DELETE FROM statuses WHERE id = ?", (status_id,)).rowcount
 
     # --- commands already received (a re-delivered command is not run twice) ---------------------
 
     def mark_seen(self, command_id: str) -> bool:
         """True the first time a command id is seen, False on any later delivery."""
-        with self._lock, self._db:
+        with self._write():
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO seen_commands(command_id, received_at) VALUES (?, ?)",
                 (command_id, time.time()))

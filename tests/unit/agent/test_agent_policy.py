@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from daemon_app import config
@@ -67,15 +68,23 @@ def test_health_checker_heartbeat_timeout_and_dead():
 
 
 def test_resource_sampler_covers_the_process_tree():
+    # The leader starts a child from its main thread and one from another thread; the second one
+    # has a child of its own: 4 processes at 3 levels.
     sleeper = "import time; time.sleep(30)"
-    code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); "
+    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); "
+              "time.sleep(30)")
+    code = (f"import subprocess, sys, threading, time; "
+            f"subprocess.Popen([sys.executable, '-c', {sleeper!r}]); "
+            f"threading.Thread(target=subprocess.Popen, args=([sys.executable, '-c', {parent!r}],)).start(); "
             "time.sleep(30)")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
         sampler = health.ResourceSampler(proc.pid)
-        sample = wait_until(lambda: (s := sampler.sample()) and s.processes == 2 and s, 10,
-                            what="2 processes")
-        assert sample.memory_bytes > 2 * 4 * 1024 * 1024  # two Python interpreters
+        sample = wait_until(lambda: (s := sampler.sample()) and s.processes == 4 and s, 10,
+                            what="4 processes")
+        assert sample.memory_bytes > 4 * 4 * 1024 * 1024  # four Python interpreters
+        assert sorted(p.pid for p in health.descendants(psutil.Process(proc.pid))) == \
+            sorted(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
         assert sample.cpu_percent >= 0.0
     finally:
         os.killpg(proc.pid, 9)

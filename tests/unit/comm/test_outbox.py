@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from daemon_app.comm.outbox import Outbox
 
 
@@ -63,8 +65,9 @@ def test_terminal_statuses_stay_until_removed_across_reopen(tmp_path):
     box.close()
     box = Outbox(str(tmp_path / "o.db"), 1000)
     assert box.pending_statuses() == [(sid, b"status-bytes")]
+    assert box.status_count == 1
     box.remove_status(sid)
-    assert box.pending_statuses() == []
+    assert box.pending_statuses() == [] and box.status_count == 0
 
 
 def test_a_command_id_is_new_only_once(tmp_path):
@@ -88,3 +91,20 @@ def test_the_file_is_in_wal_mode(tmp_path):
     Outbox(str(tmp_path / "o.db"), 1000).enqueue(b"a")
     with sqlite3.connect(tmp_path / "o.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_counters_kept_in_memory_agree_with_the_file_even_after_a_failed_write(tmp_path):
+    box = Outbox(str(tmp_path / "o.db"), 250)
+    for _ in range(3):
+        box.enqueue(b"m" * 100)
+    box.ack(2)
+    # A write that SQLite refuses mid-transaction (here: a trigger) must not move any counter.
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON reports BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    before = (box.depth, box.bytes, box.last_seq, box.acked_seq, box.dropped)
+    with pytest.raises(sqlite3.IntegrityError):
+        box.enqueue(b"n" * 200)
+    assert (box.depth, box.bytes, box.last_seq, box.acked_seq, box.dropped) == before == (1, 100, 3, 2, 1)
+    box.close()
+    again = Outbox(str(tmp_path / "o.db"), 250)
+    assert (again.depth, again.bytes, again.last_seq, again.acked_seq, again.dropped) == before

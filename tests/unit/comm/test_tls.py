@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import ssl
+import subprocess
 
 import pytest
 
@@ -63,3 +66,38 @@ def test_a_broken_certificate_is_refused(tmp_path):
     path.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     with pytest.raises(ManagerConnectError, match="not a valid certificate"):
         tls.check_validity(os.fspath(path))
+
+
+def _openssl_cert(tmp_path, name: str, subject: str, *extra: str) -> str:
+    key, crt = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(crt), "-subj", subject, "-utf8", *extra],
+                   check=True, capture_output=True)
+    return str(crt)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.parametrize("subject, extra", [
+    ("/O=fleet/CN=node-7", ["-days", "30", "-set_serial", "0x00ff0a"]),            # UTCTime, short serial
+    ("/CN=n\u00f6de-\u4e00/OU=ops", ["-days", "36500", "-set_serial", "0x8f" + "11" * 15]),
+    ("/C=DE/CN=first/CN=second", ["-days", "1"]),                                 # the last CN wins
+])
+def test_certificate_details_agree_with_openssl_for_certificates_made_by_openssl(tmp_path, subject, extra):
+    # "-days 36500" ends after 2049: notAfter is a GeneralizedTime; a serial with the high bit set
+    # carries a leading zero byte in DER.
+    path = _openssl_cert(tmp_path, "c", subject, *extra)
+    ours = tls.describe_cert(path)
+    theirs = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]
+    names = dict(pair for rdn in theirs["subject"] for pair in rdn)
+    assert ours["subject_cn"] == names["commonName"]
+    assert ours["serial"] == theirs["serialNumber"].lower().lstrip("0")
+    assert ours["not_before"].timestamp() == ssl.cert_time_to_seconds(theirs["notBefore"])
+    assert ours["not_after"].timestamp() == ssl.cert_time_to_seconds(theirs["notAfter"])
+
+
+def test_a_truncated_certificate_is_refused_with_d2001(tmp_path, ca):
+    ca.issue_client("n1").write(tmp_path / "c.crt", tmp_path / "c.key")
+    der = ssl.PEM_cert_to_DER_cert((tmp_path / "c.crt").read_text())
+    (tmp_path / "t.crt").write_text(ssl.DER_cert_to_PEM_cert(der[: len(der) // 2]))
+    with pytest.raises(ManagerConnectError, match=r"^D2001 .*t.crt is not a valid certificate: truncated"):
+        tls.describe_cert(str(tmp_path / "t.crt"))
