@@ -35,9 +35,6 @@ MAX_REPORT_BYTES = 3 * 1024 * 1024  # the reference Manager refuses messages ove
 MAX_BATCH_BYTES = 1024 * 1024
 STREAM_SECONDS = 600.0  # the command stream is re-opened this often, so even it has a deadline
 TLS_CHECK_SECONDS = 5.0
-# A connection runs most of its one-time code (handshake, stream set-up, first batches) in its first
-# seconds; after this long the grpc code pages it touched are handed back (comm/pages.py).
-RELEASE_PAGES_AFTER = 30.0
 STOP_GRACE_SECONDS = 2.0  # after the shutdown deadline, how long cancelling calls in flight may take
 # A ping a minute notices a Manager that vanished without closing the connection while the command
 # stream is idle. Each ping wakes grpc's worker threads for seconds after it (they back off from
@@ -128,7 +125,6 @@ class ManagerLink:
         self._cert: dict[str, Any] = {}
         self._tls_fp: tuple[Any, ...] = ()
         self._heartbeat_override = 0.0
-        self._release_pages_at = 0.0
 
     # --- Service ---------------------------------------------------------------------------------
 
@@ -340,7 +336,6 @@ class ManagerLink:
                  mcfg.address, self.engine.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
                  box.depth)
         self._state = "ready"
-        self._release_pages_at = time.monotonic() + RELEASE_PAGES_AFTER
         self._commands = asyncio.get_running_loop().create_task(self._stream_commands(grpc, stub, gen))
         return stub
 
@@ -359,9 +354,6 @@ class ManagerLink:
                 next_tls_check = now + TLS_CHECK_SECONDS
                 if tls.fingerprint(self.cfg.manager.tls) != self._tls_fp:
                     raise _Reconnect()
-            if self._release_pages_at and now >= self._release_pages_at:  # checked with the TLS files
-                self._release_pages_at = 0.0
-                self._release_grpc_pages()
             if self._reconnect:
                 raise _Reconnect()
             if self._stream_error is not None:
@@ -378,18 +370,6 @@ class ManagerLink:
             else:
                 await _wait(self._kicked, min(next_heartbeat, next_tls_check) - time.monotonic())
             self._kicked.clear()
-
-    @staticmethod
-    def _release_grpc_pages() -> None:
-        """Connected and idle: give back the grpc code pages only connecting ran (comm/pages.py)."""
-        from daemon_app.comm import pages
-
-        cygrpc = sys.modules.get("grpc._cython.cygrpc")
-        try:
-            if cygrpc is not None and getattr(cygrpc, "__file__", None):
-                log.debug("released %d kB of grpc's mapped code", pages.release(cygrpc.__file__) // 1024)
-        except OSError as exc:  # an optimisation only: never a reason to drop the connection
-            log.debug("could not release grpc's code pages: %s", exc)
 
     async def _send_statuses(self, stub: Any) -> None:
         self._phase = "status"
