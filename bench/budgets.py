@@ -22,13 +22,12 @@ class Ratio:
     meaning: str
 
 
-_LINK_RSS = ("measured ~40.5-41.7 MB at steady state (pyz, Python 3.11). The stand-alone daemon with "
-             "its Agent is 23.9 MB (interpreter, click, PyYAML, psutil, pluggy/importlib.metadata, the "
-             "engine); the Manager link adds ~17 MB: ~7.4 MB of grpc's 17 MB C extension stays resident "
-             "(the 60 s round of report, heartbeat and keepalive runs code spread over the file and the "
-             "kernel maps it 64 KB per fault; connection-time pages are handed back 30 s after "
-             "connecting), ~6 MB of Python objects and C allocations (grpc, asyncio, protobuf, link), "
-             "libstdc++ 1.4 MB, SQLite 1.3 MB (the outbox) and 8 more threads")
+_LINK_RSS = ("the stand-alone daemon with its Agent is ~24 MB (interpreter, click, PyYAML, psutil, "
+             "pluggy/importlib.metadata, the engine); the Manager link adds ~17-22 MB: grpc's 17 MB C "
+             "extension keeps ~7-12 MB of clean code pages resident (connecting runs code spread over "
+             "the file and the kernel maps it 64 KB per fault; the pages are reclaimable, RSS counts "
+             "them, PSS shows less), ~6 MB of Python objects and C allocations (grpc, asyncio, "
+             "protobuf, link), libstdc++ 1.4 MB, SQLite 1.3 MB (the outbox) and 8 more threads")
 
 BUDGETS: dict[str, Budget] = {
     "idle_cpu_percent": Budget(
