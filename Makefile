@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: venv
+test: venv pyz
 	$(PY) -m pytest -q
 
 lint: venv

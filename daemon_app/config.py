@@ -204,6 +204,10 @@ SCHEMA: dict[str, Any] = {
         "reconnect_max": Field("5m", "duration", minimum=0.01),
         "timeout": Field("30s", "duration", minimum=0.01),
         "jitter": Field(0.1, "float", minimum=0.0, maximum=0.5, help="fraction added to intervals"),
+        "keepalive_time": Field("60s", "duration", minimum=1.0,
+                                help="gRPC keepalive ping interval (the seed's 10s costs ~0.03 % idle CPU)"),
+        "keepalive_timeout": Field("3s", "duration", minimum=0.1, help="a ping unanswered this long drops "
+                                   "the connection"),
         "outbox": {
             "max_bytes": Field("64MiB", "size", minimum=1024),
             "batch_size": Field(100, "int", minimum=1, maximum=10000),

@@ -36,15 +36,18 @@ MAX_BATCH_BYTES = 1024 * 1024
 STREAM_SECONDS = 600.0  # the command stream is re-opened this often, so even it has a deadline
 TLS_CHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 2.0  # after the shutdown deadline, how long cancelling calls in flight may take
-# A ping a minute notices a Manager that vanished without closing the connection while the command
-# stream is idle. Each ping wakes grpc's worker threads for seconds after it (they back off from
-# 33 ms); at 10 s that cost the idle daemon ~0.03 % CPU.
-KEEPALIVE = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 3_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+
+
+def keepalive_options(mcfg: Any) -> list[tuple[str, int]]:
+    """Pings notice a Manager that vanished without closing the connection while the command stream
+    is idle. Each ping wakes grpc's worker threads for seconds after it (they back off from 33 ms):
+    at the seed's 10 s that cost the idle daemon ~0.03 % CPU, hence a 60 s default."""
+    return [
+        ("grpc.keepalive_time_ms", int(mcfg.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(mcfg.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 _HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
 
 
@@ -311,7 +314,7 @@ class ManagerLink:
             self._tls_fp = material.fingerprint
         creds = grpc.ssl_channel_credentials(root_certificates=material.ca, private_key=material.key,
                                              certificate_chain=material.cert)
-        options = list(KEEPALIVE)
+        options = keepalive_options(mcfg)
         if mcfg.server_name:
             options.append(("grpc.ssl_target_name_override", mcfg.server_name))
         self._reconnect = False
