@@ -155,7 +155,7 @@ class ControlServer:
             uid = self._peer_uid(conn)
             if uid not in (0, os.getuid()):
                 log.warning("D1004 control: refused a connection from uid %d", uid, extra={"code": "D1004"})
-                self._reply(conn, _error(ControlError(f"permission denied for uid {uid}")))
+                self._refuse(conn, _error(ControlError(f"permission denied for uid {uid}")))
                 return
             conn.settimeout(IDLE_TIMEOUT)
             reader = conn.makefile("rb")
@@ -182,6 +182,19 @@ class ControlServer:
     @staticmethod
     def _reply(conn: socket.socket, response: dict[str, Any]) -> None:
         conn.sendall(json.dumps(response, default=str).encode() + b"\n")
+
+    @classmethod
+    def _refuse(cls, conn: socket.socket, response: dict[str, Any]) -> None:
+        """Answer, then wait (briefly) for the client to finish: closing at once could break its
+        request with EPIPE before it reads why it was refused."""
+        cls._reply(conn, response)
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(1.0)
+        try:
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def execute(self, line: bytes) -> dict[str, Any]:
         """One request line -> one response object (never raises)."""

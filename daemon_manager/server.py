@@ -363,6 +363,16 @@ class ThreadedManager:
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(0.2), self.loop).result(30)
+        # Stream handlers still winding down would be destroyed pending when the loop closes.
+        asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
