@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon_app.errors import ConfigValidateError, ControlError, DaemonError
+from daemon_app.wakeup import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ControlServer:
         self.commands: dict[str, Command] = {}
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
-        self._wake_r, self._wake_w = -1, -1
+        self._waker: WakePipe | None = None
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
@@ -94,7 +95,7 @@ class ControlServer:
         st = os.stat(self.path)
         self._inode = (st.st_dev, st.st_ino)
         self._sock = sock
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._waker = WakePipe()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
         log.debug("control socket listening on %s", self.path)
@@ -112,13 +113,14 @@ class ControlServer:
     def stop(self) -> None:
         if self._sock is None:
             return
-        os.write(self._wake_w, b"x")
+        assert self._waker is not None
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(5)
         self._sock.close()
         self._sock = None
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._waker.close()
+        self._waker = None
         try:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._inode:
@@ -132,10 +134,12 @@ class ControlServer:
         assert self._sock is not None
         poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        assert self._waker is not None
+        wake_fd = self._waker.fileno()
+        poller.register(wake_fd, select.POLLIN)
         while True:
             events = poller.poll()
-            if any(fd == self._wake_r for fd, _ in events):
+            if any(fd == wake_fd for fd, _ in events):
                 return
             try:
                 conn, _ = self._sock.accept()

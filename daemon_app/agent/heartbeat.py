@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from daemon_app.errors import AgentStartError
+from daemon_app.wakeup import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class HeartbeatServer:
         self._bound: tuple[int, int] = (0, 0)  # (dev, inode) of our socket file, to unlink only ours
         self._conns: dict[int, _Conn] = {}
         self._sel: selectors.DefaultSelector | None = None
-        self._wake_r, self._wake_w = -1, -1
+        self._waker: WakePipe | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -146,9 +147,9 @@ class HeartbeatServer:
         self._resolve_group()
         self._listener = self._bind()
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._waker = WakePipe()
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._sel.register(self._waker, selectors.EVENT_READ, "wake")
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="agent-heartbeat", daemon=True)
         self._thread.start()
@@ -157,11 +158,8 @@ class HeartbeatServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
+        if self._waker is not None:
+            self._waker.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -181,10 +179,9 @@ class HeartbeatServer:
         if self._sel is not None:
             self._sel.close()
             self._sel = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r, self._wake_w = -1, -1
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
 
     @property
     def connections(self) -> int:

@@ -41,6 +41,7 @@ from daemon_app.agent.process import (
 )
 from daemon_app.errors import AgentHealthError, AgentStartError, AgentStopError, DaemonError
 from daemon_app.metrics import rfc3339
+from daemon_app.wakeup import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class AgentSupervisor:
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...],
                                              concurrent.futures.Future[Any]]] = queue.SimpleQueue()
         self._sel: selectors.DefaultSelector | None = None
-        self._wake_r, self._wake_w = -1, -1
+        self._waker: WakePipe | None = None
         self._thread: threading.Thread | None = None
         self._quit = False
         self._timers: dict[str, float] = {}
@@ -131,8 +132,8 @@ class AgentSupervisor:
         self._server = self._new_server(a)
         self._server.start()
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._waker = WakePipe()
+        self._sel.register(self._waker, selectors.EVENT_READ, "wake")
         self._quit = False
         self._thread = threading.Thread(target=self._run, name="agent-supervisor", daemon=True)
         self._thread.start()
@@ -156,10 +157,9 @@ class AgentSupervisor:
         if self._sel is not None:
             self._sel.close()
             self._sel = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r, self._wake_w = -1, -1
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
         log.info("agent supervision stopped; agent pid %s left running", self.pid or "-")
 
     def reload(self, cfg: Any) -> None:
@@ -308,11 +308,8 @@ class AgentSupervisor:
         return self._post(fn, *args).result(_CALL_TIMEOUT)
 
     def _wake(self) -> None:
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass  # already pending, or closing
+        if self._waker is not None:
+            self._waker.wake()
 
     def _wait_for(self, cond: Callable[[], bool], timeout: float) -> bool:
         with self._cond:
@@ -333,10 +330,7 @@ class AgentSupervisor:
             timeout = None if due is None else max(0.0, due - now)
             for key, _ in self._sel.select(timeout):
                 if key.data == "wake":
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+                    key.fileobj.drain()
                 elif self._proc is not None and key.fd == self._proc.pidfd:
                     self._guard(self._on_exit)
             while not self._quit:
