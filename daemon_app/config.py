@@ -72,6 +72,24 @@ def format_size(size: int) -> int | str:
     return size
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:9100' or '[::1]:9100' -> (host, port). IP literals only: a listen address that
+    needs DNS would make the daemon's start depend on the resolver."""
+    import socket
+
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", value)
+    if not m:
+        raise ValueError(f"must be IP:port or [IPv6]:port like 127.0.0.1:9100, got {value!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    try:
+        socket.inet_pton(socket.AF_INET6 if m.group(1) else socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"{host!r} is not an IP address (in {value!r})") from None
+    if int(port) > 65535:
+        raise ValueError(f"port must be 0-65535, got {value!r}")
+    return host, int(port)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that remembers duplicate keys: YAML keeps the last silently, hiding a typo."""
 
@@ -279,6 +297,12 @@ SCHEMA: dict[str, Any] = {
         "dir": Field("", "str", help="empty: <work_dir>/plugins"),
         "disabled": Field([], "list[str]", help="plugin names not to load"),
     },
+    "prometheus": {
+        "enabled": Field(False, "bool", help="serve GET /metrics (node_exporter names + daemon_*)"),
+        "listen": Field("127.0.0.1:9100", "str", help="IP:port; [IPv6]:port; port 0: any free port"),
+        "max_series": Field(5000, "int", minimum=10, maximum=100000,
+                            help="series past this are left out of a scrape and counted"),
+    },
 }
 
 # Sections under `collectors` for plugin collectors (names the schema cannot know in advance).
@@ -419,6 +443,10 @@ def _check_consistency(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
         out.append((("manager.address",), f"manager.address: port must be 1-65535, got {addr!r}"))
     if not data["daemon"]["work_dir"]:
         out.append((("daemon.work_dir",), "daemon.work_dir: must not be empty"))
+    try:
+        parse_listen(data["prometheus"]["listen"])
+    except ValueError as exc:
+        out.append((("prometheus.listen",), f"prometheus.listen: {exc}"))
     if data["agent"]["enabled"] and not data["agent"]["binary_path"]:
         out.append((("agent.binary_path", "agent.enabled"),
                     "agent.binary_path: must be set when agent.enabled is true"))

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Settings read once at start; a reload that changes them says a restart is needed.
 RESTART_ONLY = ("daemon.work_dir", "daemon.pid_file", "daemon.control_socket", "daemon.id",
-                "plugins.", "reporters.")
+                "plugins.", "reporters.", "prometheus.")
 STATUS_LINE_EVERY = 10.0
 # A restart into a new pyz flushes the outbox for at most this long: what is left stays durable in it.
 EXEC_CLOSE_SECONDS = 5.0

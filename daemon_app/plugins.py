@@ -81,6 +81,11 @@ class Plugins:
         if cfg.reporters.file.enabled and "file-reporter" not in disabled:
             reporter = FileReporter(cfg.reporters.file.path, cfg.reporters.file.max_bytes)
             self.register(reporter, "file-reporter", version=__version__, source=BUILTIN)
+        if cfg.prometheus.enabled and "prometheus" not in disabled:
+            # Imported only here: a daemon without the exporter carries none of its code.
+            from daemon_app.prometheus.plugin import PLUGIN_NAME, from_config
+
+            self.register(from_config(cfg), PLUGIN_NAME, version=__version__, source=BUILTIN)
 
     def load_entrypoints(self, cfg: Any) -> None:
         plugin_dir = os.path.realpath(cfg.plugins.dir)

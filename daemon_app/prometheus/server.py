@@ -1,0 +1,236 @@
+"""A minimal HTTP/1.1 server for GET /metrics: one thread, one poll loop, every resource bounded.
+
+Not `http.server`: its threading server starts a thread per connection without a limit, and a
+client that sends its request slowly holds that thread as long as it likes. Here a scrape only
+copies a body that was rendered at report time, so one thread serves every client:
+
+- at most MAX_CONNECTIONS open at once; the next one is accepted and closed at once (counted);
+- a request head is at most MAX_REQUEST bytes (431 past that) and must arrive within
+  REQUEST_TIMEOUT of the connection (slowloris); the response must be taken within
+  RESPONSE_TIMEOUT (a client that stops reading is dropped);
+- one request per connection (`Connection: close`); request bodies are never read.
+Idle, the thread sleeps in poll() with no timeout: it costs no CPU between scrapes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from daemon_app.prometheus.exposition import CONTENT_TYPE
+from daemon_app.wakeup import WakePipe
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 16
+MAX_REQUEST = 8192
+REQUEST_TIMEOUT = 5.0
+RESPONSE_TIMEOUT = 10.0
+_READ = select.POLLIN | select.POLLERR | select.POLLHUP
+_WRITE = select.POLLOUT | select.POLLERR | select.POLLHUP
+
+Body = Callable[[], bytes]
+
+
+class _Conn:
+    __slots__ = ("sock", "inbuf", "outbuf", "deadline")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.inbuf = b""
+        self.outbuf = memoryview(b"")
+        self.deadline = deadline
+
+
+class Counters:
+    """What the server did since it started (exported as daemon_prometheus_http_*)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rejected = 0
+        self.timeouts = 0
+        self.bad_requests = 0
+
+
+class MetricsServer:
+    """Serves `body()` at GET /metrics on (host, port); `start()` binds, `stop()` closes."""
+
+    def __init__(self, host: str, port: int, body: Body) -> None:
+        self.host, self.port = host, port
+        self._body = body
+        self.counters = Counters()
+        self._sock: socket.socket | None = None
+        self._waker: WakePipe | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: dict[int, _Conn] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port): the real port when 0 asked the OS to choose."""
+        assert self._sock is not None
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        """Bind and serve; raises OSError when the address cannot be bound (in use, not local)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            # A restarted daemon must get its port back while old connections sit in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(MAX_CONNECTIONS)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._waker = WakePipe()
+        self._thread = threading.Thread(target=self._serve, name="prometheus", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._sock is None:
+            return
+        assert self._waker is not None and self._thread is not None
+        self._waker.wake()
+        self._thread.join(5)
+        for conn in self._conns.values():
+            conn.sock.close()
+        self._conns.clear()
+        self._sock.close()
+        self._waker.close()
+        self._sock = None
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._sock is not None and self._waker is not None
+        poller = select.poll()
+        listen_fd, wake_fd = self._sock.fileno(), self._waker.fileno()
+        poller.register(listen_fd, select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
+        while True:
+            timeout = None
+            if self._conns:
+                next_deadline = min(c.deadline for c in self._conns.values())
+                timeout = max(0, int((next_deadline - time.monotonic()) * 1000) + 1)
+            try:
+                events = poller.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                if fd == wake_fd:
+                    return
+                if fd == listen_fd:
+                    self._accept(poller)
+                elif fd in self._conns:
+                    self._on_event(poller, self._conns[fd], mask)
+            self._expire(poller)
+
+    def _accept(self, poller: select.poll) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                sock, _ = self._sock.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EINTR):
+                    log.warning("prometheus: accept failed: %s", exc)
+                return
+            if len(self._conns) >= MAX_CONNECTIONS:
+                self.counters.rejected += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic() + REQUEST_TIMEOUT)
+            self._conns[sock.fileno()] = conn
+            poller.register(sock, _READ)
+
+    def _on_event(self, poller: select.poll, conn: _Conn, mask: int) -> None:
+        try:
+            if conn.outbuf:
+                self._write(poller, conn)
+            else:
+                self._read(poller, conn)
+        except OSError:
+            self._close(poller, conn)
+
+    def _read(self, poller: select.poll, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.inbuf))
+        except BlockingIOError:
+            return
+        if not data:
+            self._close(poller, conn)
+            return
+        conn.inbuf += data
+        end = conn.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            end = conn.inbuf.find(b"\n\n")
+        if end < 0:
+            if len(conn.inbuf) > MAX_REQUEST:
+                self.counters.bad_requests += 1
+                self._respond(poller, conn, 431, b"request header too large\n")
+            return
+        self._respond(poller, conn, *self._route(conn.inbuf[:end]))
+
+    def _route(self, head: bytes) -> tuple[int, bytes, bool]:
+        """(status, body, head_only) for one request head."""
+        parts = head.split(b"\n", 1)[0].strip().split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self.counters.bad_requests += 1
+            return 400, b"bad request\n", False
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            self.counters.bad_requests += 1
+            return 405, b"only GET and HEAD\n", False
+        head_only = method == b"HEAD"
+        if target == b"/metrics":
+            self.counters.requests += 1
+            return 200, self._body(), head_only
+        if target == b"/":
+            return 200, b"daemon.pyz: the metrics are at /metrics\n", head_only
+        return 404, b"not found; the metrics are at /metrics\n", head_only
+
+    def _respond(self, poller: select.poll, conn: _Conn, status: int, body: bytes,
+                 head_only: bool = False) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  431: "Request Header Fields Too Large"}[status]
+        plain = "text/plain; charset=utf-8"
+        content_type = CONTENT_TYPE if status == 200 and body.startswith(b"#") else plain
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+        if status == 405:
+            head += "Allow: GET, HEAD\r\n"
+        conn.outbuf = memoryview(head.encode() + b"\r\n" + (b"" if head_only else body))
+        conn.inbuf = b""
+        conn.deadline = time.monotonic() + RESPONSE_TIMEOUT
+        poller.modify(conn.sock, _WRITE)
+        self._write(poller, conn)
+
+    def _write(self, poller: select.poll, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except BlockingIOError:
+            return
+        conn.outbuf = conn.outbuf[sent:]
+        if not conn.outbuf:
+            self._close(poller, conn)
+
+    def _expire(self, poller: select.poll) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            self.counters.timeouts += 1
+            self._close(poller, conn)
+
+    def _close(self, poller: select.poll, conn: _Conn) -> None:
+        fd = conn.sock.fileno()
+        if self._conns.pop(fd, None) is None:
+            return
+        poller.unregister(fd)
+        conn.sock.close()
