@@ -34,18 +34,15 @@ STATUS_TIMEOUT = 2.0
 # The exporter's own series are added past max_series, so a flood of plugin values cannot hide them.
 _OWN_SERIES = 8
 
-StatusSource = Callable[[], Mapping[str, Any]]
+StatusSource = Callable[[], Any]  # the status document; anything else is counted and skipped
 
 
 def control_status(socket_path: str) -> StatusSource:
     """The running daemon's `status` document, asked over its control socket."""
-    def fetch() -> Mapping[str, Any]:
+    def fetch() -> Any:
         from daemon_app import control
 
-        result = control.request(socket_path, "status", timeout=STATUS_TIMEOUT)
-        if not isinstance(result, Mapping):
-            raise ValueError(f"status is {type(result).__name__}, not an object")
-        return result
+        return control.request(socket_path, "status", timeout=STATUS_TIMEOUT)
     return fetch
 
 
@@ -96,8 +93,8 @@ class PrometheusExporter:
             c = server.counters
             for name, value, help_text in (
                 ("daemon_prometheus_http_requests_total", c.requests, "GET /metrics answered."),
-                ("daemon_prometheus_http_rejected_total", c.rejected,
-                 "Connections closed at once: too many open."),
+                ("daemon_prometheus_http_evicted_total", c.evicted,
+                 "Connections closed to make room: too many open."),
                 ("daemon_prometheus_http_timeouts_total", c.timeouts,
                  "Connections dropped for sending or reading too slowly."),
                 ("daemon_prometheus_http_bad_requests_total", c.bad_requests,
@@ -108,6 +105,8 @@ class PrometheusExporter:
     def _read_status(self) -> Mapping[str, Any] | None:
         try:
             status = self._status()
+            if not isinstance(status, Mapping):
+                raise TypeError(f"status is {type(status).__name__}, not an object")
         except Exception as exc:  # the daemon_* series wait for the next report; node_* still go out
             self.status_errors += 1
             self._problem("status", f"prometheus: cannot read the daemon's status: {type(exc).__name__}: "

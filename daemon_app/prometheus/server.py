@@ -4,7 +4,9 @@ Not `http.server`: its threading server starts a thread per connection without a
 client that sends its request slowly holds that thread as long as it likes. Here a scrape only
 copies a body that was rendered at report time, so one thread serves every client:
 
-- at most MAX_CONNECTIONS open at once; the next one is accepted and closed at once (counted);
+- at most MAX_CONNECTIONS open at once; one more evicts the oldest that has not sent its request
+  yet (else the oldest of all), counted: clients that open connections and send nothing cannot
+  keep a real scrape, which takes milliseconds, out;
 - a request head is at most MAX_REQUEST bytes (431 past that) and must arrive within
   REQUEST_TIMEOUT of the connection (slowloris); the response must be taken within
   RESPONSE_TIMEOUT (a client that stops reading is dropped);
@@ -38,13 +40,14 @@ Body = Callable[[], bytes]
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "deadline")
+    __slots__ = ("sock", "inbuf", "outbuf", "deadline", "opened")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.inbuf = b""
         self.outbuf = memoryview(b"")
         self.deadline = deadline
+        self.opened = time.monotonic()
 
 
 class Counters:
@@ -52,7 +55,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.requests = 0
-        self.rejected = 0
+        self.evicted = 0
         self.timeouts = 0
         self.bad_requests = 0
 
@@ -60,9 +63,14 @@ class Counters:
 class MetricsServer:
     """Serves `body()` at GET /metrics on (host, port); `start()` binds, `stop()` closes."""
 
-    def __init__(self, host: str, port: int, body: Body) -> None:
+    def __init__(self, host: str, port: int, body: Body, *, max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 response_timeout: float = RESPONSE_TIMEOUT) -> None:
         self.host, self.port = host, port
         self._body = body
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.response_timeout = response_timeout
         self.counters = Counters()
         self._sock: socket.socket | None = None
         self._waker: WakePipe | None = None
@@ -84,7 +92,7 @@ class MetricsServer:
             # A restarted daemon must get its port back while old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
-            sock.listen(MAX_CONNECTIONS)
+            sock.listen(self.max_connections)
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -142,14 +150,17 @@ class MetricsServer:
                 if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EINTR):
                     log.warning("prometheus: accept failed: %s", exc)
                 return
-            if len(self._conns) >= MAX_CONNECTIONS:
-                self.counters.rejected += 1
-                sock.close()
-                continue
+            if len(self._conns) >= self.max_connections:
+                self._evict_one(poller)
             sock.setblocking(False)
-            conn = _Conn(sock, time.monotonic() + REQUEST_TIMEOUT)
+            conn = _Conn(sock, time.monotonic() + self.request_timeout)
             self._conns[sock.fileno()] = conn
             poller.register(sock, _READ)
+
+    def _evict_one(self, poller: select.poll) -> None:
+        waiting = [c for c in self._conns.values() if not c.outbuf] or list(self._conns.values())
+        self.counters.evicted += 1
+        self._close(poller, min(waiting, key=lambda c: c.opened))
 
     def _on_event(self, poller: select.poll, conn: _Conn, mask: int) -> None:
         try:
@@ -209,7 +220,7 @@ class MetricsServer:
             head += "Allow: GET, HEAD\r\n"
         conn.outbuf = memoryview(head.encode() + b"\r\n" + (b"" if head_only else body))
         conn.inbuf = b""
-        conn.deadline = time.monotonic() + RESPONSE_TIMEOUT
+        conn.deadline = time.monotonic() + self.response_timeout
         poller.modify(conn.sock, _WRITE)
         self._write(poller, conn)
 
