@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 16
 MAX_REQUEST = 8192
+LISTEN_BACKLOG = 128  # the kernel's queue: a burst of connects waits there, not in SYN retries
 REQUEST_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 10.0
 _READ = select.POLLIN | select.POLLERR | select.POLLHUP
@@ -92,7 +93,7 @@ class MetricsServer:
             # A restarted daemon must get its port back while old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
-            sock.listen(self.max_connections)
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
         except OSError:
             sock.close()
