@@ -72,7 +72,7 @@ def parse_exposition(text: str) -> dict[Sample, float]:
         key = (name, tuple(sorted(labels)))
         if key in out:
             raise ValueError(f"line {number}: duplicate series {key}")
-        if name not in typed:
+        if name not in typed and re.sub(r"_(sum|count|bucket)$", "", name) not in typed:
             raise ValueError(f"line {number}: {name} has no TYPE line before it")
         out[key] = value if not math.isnan(value) else float("nan")
     return out
