@@ -83,7 +83,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.proc.stop(timeout=30)
-        agent = read_pid_file(str(self.work / "agent" / "agent.pid"))
+        agent = read_pid_file(str(self.work / "agent.pid"))
         if agent is not None:
             try:
                 os.killpg(agent[0], signal.SIGKILL)  # the daemon leaves its Agent running by design
