@@ -62,6 +62,9 @@ BUDGETS: dict[str, Budget] = {
     "outage_reports_lost": Budget(
         "reports lost across a Manager outage", 0, "reports", "DESIGN.md §6",
         "the outbox bound: when it is full the oldest reports are dropped (and counted)"),
+    "prometheus_rss_delta_mb": Budget(
+        "idle RSS added by prometheus.enabled (stand-alone)", 2, "MB", "issue #15",
+        "the exporter's modules, its server thread's stack and one rendered body"),
     "self_update_reports_lost": Budget(
         "reports lost across a daemon self-update", 0, "reports", "DESIGN.md §6-7",
         "reports are enqueued in the durable outbox before the restart; a loss means a bug"),
@@ -124,6 +127,15 @@ FIGURES: dict[str, tuple[str, str]] = {
                                              "collection interval"),
     "peer_node_exporter_scrape_ms_p50": ("ms", "one HTTP GET /metrics of node_exporter, median"),
     "peer_node_exporter_scrape_ms_p99": ("ms", "one HTTP GET /metrics of node_exporter, p99"),
+    "prometheus_rss_delta_mb": ("MB", "RSS with prometheus.enabled minus without, two stand-alone daemons "
+                                      "measured side by side"),
+    "prometheus_rss_mb": ("MB", "RSS of the stand-alone daemon with the exporter on, scraped every 15 s"),
+    "prometheus_cpu_percent": ("%", "CPU of that daemon over the window, % of one core"),
+    "prometheus_cpu_delta_percent": ("%", "its CPU minus the same daemon's without the exporter"),
+    "prometheus_scrape_ms_p50": ("ms", "one GET /metrics of daemon.pyz (new connection), median"),
+    "prometheus_scrape_ms_p99": ("ms", "one GET /metrics of daemon.pyz (new connection), p99"),
+    "prometheus_body_bytes": ("bytes", "size of the /metrics body"),
+    "prometheus_series": ("", "series in the /metrics body"),
 }
 
 # Which script is expected to produce which figures: a missing script shows as "not measured".
@@ -142,6 +154,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "bench_agent_update": ("agent_update_s",),
     "bench_self_update": ("self_update_s", "self_update_reports_lost"),
     "bench_outage": ("outage_reports_lost", "outage_drain_s"),
+    "bench_prometheus": ("prometheus_rss_delta_mb", "prometheus_cpu_percent", "prometheus_scrape_ms_p99"),
     "bench_peer_supervisord": ("peer_supervisord_restart_ms_p50",),
     "bench_peer_node_exporter": ("peer_node_exporter_rss_mb", "peer_node_exporter_cpu_percent",
                                  "peer_node_exporter_scrape_ms_p50", "peer_node_exporter_scrape_ms_p99"),
