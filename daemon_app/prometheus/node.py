@@ -76,6 +76,11 @@ def _cpu(out: Exposition, values: Mapping[str, Any]) -> None:
         if seconds is not None:
             out.add("node_cpu_seconds_total", COUNTER, "Seconds the CPUs spent in each mode.", seconds,
                     {"cpu": CPU_ALL, "mode": mode})
+    cores = _num(values, "cores")
+    if cores is not None:
+        # What per-CPU queries count node_cpu_seconds_total series for, since ours is the sum.
+        out.add("daemon_cpu_cores", GAUGE, "Logical CPUs; node_cpu_seconds_total{cpu=\"all\"} is their sum.",
+                cores)
 
 
 def _memory(out: Exposition, values: Mapping[str, Any]) -> None:

@@ -142,6 +142,12 @@ def test_a_real_prometheus_scrapes_the_daemon_every_second(daemon, tmp_path):
         running = prometheus_query(port, 'daemon_agent_state{state="RUNNING"}')
         assert float(running[0]["value"][1]) == 1
         assert float(prometheus_query(port, "daemon_manager_connected")[0]["value"][1]) == 0
+        # docs/prometheus.md's busy-CPU query for our cpu="all" sum works as written.
+        busy = wait_until(lambda: prometheus_query(
+            port, '1 - rate(node_cpu_seconds_total{mode="idle"}[1m]) / ignoring(cpu, mode) daemon_cpu_cores'),
+            timeout=30, interval=0.5, what="the busy-CPU query")
+        # A share of time, give or take the jitter of values read up to a report before the scrape.
+        assert -0.25 <= float(busy[0]["value"][1]) <= 1.25
         # Scraped every second with a body rendered every 500 ms: no failed scrape.
         ups = prometheus_query(port, 'min_over_time(up{job="daemon"}[1m])')
         assert float(ups[0]["value"][1]) == 1

@@ -78,7 +78,7 @@ def test_label_values_are_cut_at_the_limit():
 
 def test_node_mapping_uses_node_exporter_names_and_labels():
     metrics = {
-        "cpu": {"values": {"user": 10.5, "system": 2.0, "idle": 100.0, "usage_percent": 3.0}},
+        "cpu": {"values": {"user": 10.5, "system": 2.0, "idle": 100.0, "usage_percent": 3.0, "cores": 4}},
         "memory": {"values": {"total": 1000, "available": 600, "buffers": 5, "cached": 7,
                               "swap_total": 300, "swap_used": 100}},
         "disk": {"values": {"disks": [{"mountpoint": "/", "device": "/dev/null", "fstype": "ext4",
@@ -95,6 +95,7 @@ def test_node_mapping_uses_node_exporter_names_and_labels():
         ("node_cpu_seconds_total", (("cpu", "all"), ("mode", "user"))): 10.5,
         ("node_cpu_seconds_total", (("cpu", "all"), ("mode", "system"))): 2.0,
         ("node_cpu_seconds_total", (("cpu", "all"), ("mode", "idle"))): 100.0,
+        ("daemon_cpu_cores", ()): 4,
         ("node_memory_MemTotal_bytes", ()): 1000,
         ("node_memory_MemAvailable_bytes", ()): 600,
         ("node_memory_Buffers_bytes", ()): 5,
