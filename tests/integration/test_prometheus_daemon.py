@@ -232,3 +232,41 @@ def test_a_scrape_only_copies_the_last_body_and_never_collects(daemon):
     # A body changes only when a report (every 500 ms) renders a new one: a scrape that collected
     # would give 50 different CPU counters.
     assert len(bodies) <= int(elapsed / 0.5) + 2, (len(bodies), elapsed)
+
+
+@pytest.mark.timeout(120)
+def test_an_attack_on_the_port_does_not_hurt_the_daemon(daemon):
+    import psutil
+
+    proc = psutil.Process(daemon.proc.pid)
+    threads, rss = proc.num_threads(), proc.memory_info().rss
+    reports = daemon.scrape()[("daemon_reports_built_total", ())]
+    host, port = daemon.address.rsplit(":", 1)
+    socks = []
+    try:
+        for i in range(300):  # idle, slowloris, and oversized requests, all at once
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.setblocking(False)
+            payload = b"GET /metrics HTTP/1.1\r\nX: " if i % 3 == 1 else b"Y" * 65536 if i % 3 == 2 else b""
+            try:
+                sock.send(payload)
+            except OSError:
+                pass
+            socks.append(sock)
+        t0 = time.monotonic()
+        assert ("node_memory_MemTotal_bytes", ()) in daemon.scrape()  # still served, at once
+        assert time.monotonic() - t0 < 2.0
+        assert proc.num_threads() == threads
+    finally:
+        for sock in socks:
+            sock.close()
+    # The daemon goes on: reports keep coming, the Agent is still RUNNING, memory did not follow.
+    wait_until(lambda: daemon.scrape()[("daemon_reports_built_total", ())] >= reports + 4, timeout=30,
+               what="reports after the attack")
+    after = daemon.scrape()
+    assert after[("daemon_agent_state", (("state", "RUNNING"),))] == 1
+    # Each connection was evicted to make room, or answered 431 for its oversized request.
+    closed = after[("daemon_prometheus_http_evicted_total", ())] + after[
+        ("daemon_prometheus_http_bad_requests_total", ())]
+    assert closed >= 300 - 16 and after[("daemon_prometheus_http_bad_requests_total", ())] >= 1
+    assert proc.memory_info().rss - rss < 8 * 1024 * 1024

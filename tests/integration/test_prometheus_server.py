@@ -231,3 +231,19 @@ def test_a_busy_port_is_logged_d1002_and_taken_once_it_is_free(caplog):
     finally:
         holder.close()
         exporter.close()
+
+
+@pytest.mark.timeout(30)
+def test_an_ipv6_listen_address_serves_too():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    srv = MetricsServer("::1", 0, lambda: BODY)
+    try:
+        srv.start()
+    except OSError as exc:
+        pytest.skip(f"cannot bind [::1]: {exc}")
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{srv.address[1]}/metrics", timeout=5) as resp:
+            assert resp.read() == BODY
+    finally:
+        srv.stop()
