@@ -4,8 +4,8 @@ It is a plugin like any third-party one: it sees each report through the `report
 daemon's own state through the control socket's `status` command, the public, stable interface
 `daemon status` uses; it holds no reference into the engine. All work happens on the report's
 thread, once per `daemon.report_interval`: the daemon's status is read, the body rendered, and the
-bytes swapped in. A scrape copies those bytes and nothing else, so it costs microseconds and cannot
-make the host do work. The server starts with the first report (nothing is bound by `collect
+bytes swapped in. A scrape copies those bytes and nothing else, so it costs well under a millisecond
+and cannot make the host do work. The server starts with the first report (nothing is bound by `collect
 --once` or `plugins list`) and a failed bind is retried at each report, so the port is taken as
 soon as whoever held it (node_exporter during a migration) lets it go.
 """
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from daemon_app import __version__
+from daemon_app import __version__, control
 from daemon_app.buildinfo import build_id
 from daemon_app.config import parse_listen
 from daemon_app.hookspecs import hookimpl
@@ -40,13 +40,13 @@ StatusSource = Callable[[], Any]  # the status document; anything else is counte
 def control_status(socket_path: str) -> StatusSource:
     """The running daemon's `status` document, asked over its control socket."""
     def fetch() -> Any:
-        from daemon_app import control
-
         return control.request(socket_path, "status", timeout=STATUS_TIMEOUT)
     return fetch
 
 
 class PrometheusExporter:
+    """The plugin object: `report` renders the body; `server` (started at the first report) serves it."""
+
     def __init__(self, listen: str, max_series: int, status: StatusSource) -> None:
         self.host, self.port = parse_listen(listen)
         self.max_series = max_series
