@@ -355,7 +355,11 @@ def _ask(obj: Ctx, socket_path: str | None, cmd: str, args: dict[str, Any] | Non
     """One control request; exit 3 when no daemon runs, 1 on any other failure."""
     from daemon_app import control
 
-    found = _find_daemon(obj, socket_path)
+    try:
+        found = _find_daemon(obj, socket_path)
+    except DaemonError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
     try:
         return found, control.request(found.socket, cmd, args)
     except control.NotRunning as exc:

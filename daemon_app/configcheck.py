@@ -55,7 +55,7 @@ def _update_key(cfg: Config) -> list[str]:
     try:
         load_trusted_keys(path)
     except DaemonError as exc:
-        return [f"update.public_key_file: {exc}; every update will be refused"]
+        return [f"update.public_key_file: {exc.message}; every update would be refused ({exc.code})"]
     return []
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from daemon_app import config as config_mod
-from daemon_app.errors import DaemonError
+from daemon_app.errors import ControlError, DaemonError
 
 INSTALLED_CONFIG = "/etc/daemon/daemon.yaml"
 _LOCK_NAME = "daemon.lock"
@@ -66,32 +65,36 @@ def answers(path: str) -> bool:
         sock.close()
 
 
-def candidates(config_path: str | None, config_from: str) -> Iterator[Candidate]:
-    """Where to ask, best first. `config_from` says where config_path came from (-c, $DAEMON_CONFIG)."""
-    if config_path:
-        yield Candidate(control_socket_of(config_path), f"from {config_from} {config_path}")
-        return
-    if os.path.exists(INSTALLED_CONFIG):
-        yield Candidate(control_socket_of(INSTALLED_CONFIG), f"from the installed config {INSTALLED_CONFIG}")
-    for pid, path in running_daemons():
-        yield Candidate(control_socket_of(path), f"of the running daemon pid {pid}"
-                        + (f" (config {path})" if path else " (built-in defaults)"))
-    yield Candidate(control_socket_of(None), "from the built-in defaults")
-
-
 def choose(config_path: str | None, config_from: str) -> Candidate:
-    """The first candidate that answers; the first one when none does (its error names it)."""
-    first = None
-    seen = set()
-    for cand in candidates(config_path, config_from):
-        if cand.socket in seen:
-            continue
-        seen.add(cand.socket)
-        first = first or cand
-        if config_path or answers(cand.socket):
-            return cand
-    assert first is not None
-    return first
+    """Where to ask. `config_from` says where config_path came from (-c, $DAEMON_CONFIG).
+
+    Without a config: the installed config's daemon when it answers, else the one running daemon
+    of this user; several running ones are ambiguous (SeveralDaemons lists them). When nothing
+    answers, the installed config's (or the defaults') socket, so the error names where it looked.
+    """
+    if config_path:
+        return Candidate(control_socket_of(config_path), f"from {config_from} {config_path}")
+    fallback = Candidate(control_socket_of(None), "from the built-in defaults")
+    if os.path.exists(INSTALLED_CONFIG):
+        fallback = Candidate(control_socket_of(INSTALLED_CONFIG),
+                             f"from the installed config {INSTALLED_CONFIG}")
+        if answers(fallback.socket):
+            return fallback
+    live: dict[str, Candidate] = {}
+    for pid, path in running_daemons():
+        sock = control_socket_of(path)
+        if sock not in live and answers(sock):
+            live[sock] = Candidate(sock, f"of the running daemon pid {pid} "
+                                         f"({f'config {path}' if path else 'built-in defaults'})")
+    if len(live) > 1:
+        found = "; ".join(c.how.replace("of the running daemon ", "") for c in live.values())
+        raise SeveralDaemons(f"{len(live)} daemons are running; name one with -c FILE or --socket PATH: "
+                             f"{found}")
+    return next(iter(live.values()), fallback)
+
+
+class SeveralDaemons(ControlError):
+    """More than one daemon of this user runs and nothing says which one is meant."""
 
 
 def running_daemons() -> list[tuple[int, str | None]]:
