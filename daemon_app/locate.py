@@ -134,9 +134,30 @@ def _holds_lock(pid: int) -> bool:
     return False
 
 
+def _program_args(argv: list[str]) -> list[str]:
+    """argv without the interpreter and its own options: `python3 -X dev -c CODE` or `python3 -m MOD`
+    or `python3 daemon.pyz` leave what follows the code, module or script (python's own -c is not
+    the daemon's -c)."""
+    if not os.path.basename(argv[0]).startswith("python"):
+        return argv[1:]
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "-m"):
+            return argv[i + 2:]
+        if arg in ("-X", "-W", "--check-hash-based-pycs"):
+            i += 2
+            continue
+        if not arg.startswith("-") or arg == "-":
+            return argv[i + 1:]
+        i += 1
+    return []
+
+
 def _config_of(pid: int, argv: list[str]) -> str | None:
     """The -c/--config argument (relative to the process's cwd), else its $DAEMON_CONFIG."""
     path = None
+    argv = _program_args(argv)
     for i, arg in enumerate(argv):
         if arg in ("-c", "--config") and i + 1 < len(argv):
             path = argv[i + 1]

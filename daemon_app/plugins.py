@@ -248,17 +248,25 @@ def uninstall(plugin_dir: str, name: str) -> list[str]:
     if os.path.isfile(loose) and not name.startswith(("_", ".")) and os.sep not in name:
         os.unlink(loose)
         removed.append(loose)
+        cache = os.path.join(os.path.realpath(plugin_dir), "__pycache__")
+        stale = [os.path.join(cache, e) for e in _listdir(cache)
+                 if e.startswith(f"{name}.") and e.endswith(".pyc")]
+        removed += _remove_files(plugin_dir, stale)
     if not removed:
         raise PluginNotInstalled(f"plugins uninstall: nothing named {name!r} is installed in {plugin_dir}")
     return removed
 
 
+def _listdir(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
 def dist_info_dirs(plugin_dir: str) -> set[str]:
     """The *.dist-info directories in plugin_dir now (taken before pip runs, for prune_upgraded)."""
-    try:
-        return {os.path.join(plugin_dir, e) for e in os.listdir(plugin_dir) if e.endswith(".dist-info")}
-    except FileNotFoundError:
-        return set()
+    return {os.path.join(plugin_dir, e) for e in _listdir(plugin_dir) if e.endswith(".dist-info")}
 
 
 def prune_upgraded(plugin_dir: str, before: set[str]) -> list[str]:
