@@ -44,6 +44,10 @@ def _agent_binary(cfg: Config) -> list[str]:
     return []
 
 
+# Key and certificate files are a few KiB; a bigger one is the wrong file, and is not read whole.
+MAX_PEM_BYTES = 1024 * 1024
+
+
 def _update_key(cfg: Config) -> list[str]:
     from daemon_app.errors import DaemonError
     from daemon_app.update.manifest import load_trusted_keys
@@ -52,6 +56,9 @@ def _update_key(cfg: Config) -> list[str]:
     if not os.path.exists(path):
         return [f"update.public_key_file: {path} does not exist; every update will be refused until "
                 "it holds a trusted key"]
+    if not os.path.isfile(path) or os.path.getsize(path) > MAX_PEM_BYTES:
+        return [f"update.public_key_file: {path} is not a key file (not a regular file of at most "
+                f"{MAX_PEM_BYTES} bytes); every update would be refused"]
     try:
         load_trusted_keys(path)
     except DaemonError as exc:
@@ -77,7 +84,15 @@ def _tls_mismatch(ca_file: str, cert_file: str, key_file: str) -> list[str]:
 
     def read(path: str) -> bytes:
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read(MAX_PEM_BYTES + 1)
+        if len(data) > MAX_PEM_BYTES:
+            raise ValueError(f"larger than {MAX_PEM_BYTES} bytes")
+        return data
+
+    for key, path in (("cert_file", cert_file), ("key_file", key_file), ("ca_file", ca_file)):
+        if not os.access(path, os.R_OK):
+            return [f"manager.tls.{key}: cannot read {path} (permission denied; run config check as "
+                    "the daemon's user)"]
 
     def spki(public_key: Any) -> bytes:
         return public_key.public_bytes(serialization.Encoding.DER,

@@ -53,7 +53,13 @@ def control_socket_of(config_path: str | None) -> str:
 
 
 def answers(path: str) -> bool:
-    """Something accepts connections on this Unix socket (cheap: no request is sent)."""
+    """A socket of ours (or root's) accepts connections there (cheap: no request is sent). Another
+    user's socket is never asked: as root, a user's process must not be able to pose as the daemon."""
+    try:
+        if os.stat(path).st_uid not in (0, os.getuid()):
+            return False
+    except OSError:
+        return False
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(2.0)
     try:
@@ -100,7 +106,7 @@ class SeveralDaemons(ControlError):
 def running_daemons() -> list[tuple[int, str | None]]:
     """(pid, absolute config path or None) of every `... run` process of ours holding a daemon.lock."""
     out = []
-    me = os.getpid()
+    me, uid = os.getpid(), os.getuid()
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
@@ -109,6 +115,8 @@ def running_daemons() -> list[tuple[int, str | None]]:
         if pid == me:
             continue
         try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
             argv = _read(f"/proc/{pid}/cmdline").split(b"\0")
             if b"run" not in argv or not _holds_lock(pid):
                 continue

@@ -321,6 +321,12 @@ def test_config_check_catches_missing_and_mismatched_manager_tls_files(pyz, scra
     not_pem.write_text("hello\n")
     garbage = check(mine / "ca.crt", not_pem, mine / "web-1.key")
     assert f"manager.tls.cert_file: {not_pem} is not a PEM certificate" in garbage.stderr
+    huge = scratch / "huge.crt"  # the wrong file: not read whole
+    with open(huge, "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    too_big = check(huge, mine / "web-1.crt", mine / "web-1.key")
+    assert (f"manager.tls.ca_file: {huge} is not a PEM certificate bundle: larger than 1048576 bytes"
+            in too_big.stderr)
 
 
 # --- conventions ---------------------------------------------------------------------------------

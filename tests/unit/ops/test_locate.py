@@ -111,3 +111,29 @@ def test_the_lock_holders_are_found_through_their_open_file_not_the_lock_state(w
 ])
 def test_the_daemons_own_config_argument_is_told_from_the_interpreters(argv, config):
     assert locate._config_of(os.getpid(), argv) == os.path.join(os.getcwd(), config)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_another_users_process_or_socket_is_never_taken_for_our_daemon(work_dir):
+    """As root, a user's process posing as a daemon (a daemon.lock, `-c evil.yaml run`) is ignored,
+    and so is a control socket that user owns."""
+    python = "/usr/bin/python3"  # one the other user may run (ours lives under root's home)
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"{python} is needed to run a process as another user")
+    os.chmod(work_dir, 0o777)
+    other = subprocess.Popen([python, "-c", HOLD_LOCK, str(work_dir), "-c", "evil.yaml", "run"],
+                             cwd=work_dir, stdout=subprocess.PIPE, text=True, user=65534, group=65534)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "locked\n"
+        assert other.pid not in {pid for pid, _ in locate.running_daemons()}
+        path = str(work_dir / "control.sock")
+        listener.bind(path)
+        listener.listen(8)
+        assert locate.answers(path)
+        os.chown(path, 65534, 65534)
+        assert not locate.answers(path)
+    finally:
+        listener.close()
+        other.kill()
+        other.wait(10)
