@@ -34,10 +34,6 @@ class Ctx:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_CONFIG)
 
-    def load_quiet(self) -> config_mod.Config:
-        """Load the config, raising its DaemonError instead of exiting."""
-        return config_mod.load(self.config_path)
-
 
 PROGRAM = "daemon.pyz"
 
@@ -474,7 +470,7 @@ def reload_cmd(obj: Ctx, socket_path: str | None) -> None:
     Exits 0 when the new config is in force, 1 when it was refused (the errors are printed and the
     old config stays in force), 3 when no daemon is running.
     """
-    found, result = _ask(obj, socket_path, "reload")
+    _, result = _ask(obj, socket_path, "reload")
     if result.get("reloaded"):
         changed = ", ".join(result.get("changed") or []) or "no changes"
         click.echo(f"reloaded {result.get('config')}: {changed}")
