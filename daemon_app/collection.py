@@ -133,6 +133,9 @@ class CollectorRunner:
             if outcome.error:
                 err = CollectError(f"collector {outcome.name}: {outcome.error}")
                 log.error(str(err), extra={"code": err.code, "collector": outcome.name})
+                if call is not None and call.exc is not None:
+                    log.debug("collector %s raised here:", outcome.name, exc_info=call.exc,
+                              extra={"collector": outcome.name})
             self.last[outcome.name] = outcome
             outcomes.append(outcome)
         return outcomes

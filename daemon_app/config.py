@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +119,8 @@ class Field:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
+    # A path that, when relative, lives under daemon.work_dir (so one key moves every state file).
+    under_work_dir: bool = False
 
     def parse(self, value: Any) -> Any:
         kind = self.kind
@@ -191,31 +193,32 @@ def _collector(interval: str = "60s", **extra: Field) -> dict[str, Any]:
     }
 
 
-# Paths left empty are derived from daemon.work_dir at load time (see _derive_paths).
+# Relative paths (every default one) are resolved under daemon.work_dir at load time (_derive_paths).
 SCHEMA: dict[str, Any] = {
     "daemon": {
         "id": Field("", "str", help="node id; empty: generated once and kept in work_dir"),
         "log_level": Field("info", "choice", choices=LOG_LEVELS),
-        "log_file": Field("/var/log/daemon/daemon.log", "str", help="JSON lines; empty: stderr only"),
+        "log_file": Field("daemon.log", "str", under_work_dir=True,
+                          help="JSON lines; relative: under work_dir; empty: stderr only"),
         "log_max_bytes": Field("10MiB", "size", minimum=4096),
         "log_backups": Field(5, "int", minimum=0, maximum=100),
-        "pid_file": Field("/var/run/daemon.pid", "str"),
+        "pid_file": Field("daemon.pid", "str", under_work_dir=True, help="empty: none"),
         "work_dir": Field("/var/lib/daemon", "str"),
         "report_interval": Field("60s", "duration", minimum=0.1, help="how often a report is built"),
         "report_timeout": Field("10s", "duration", minimum=0.01,
                                 help="a reporter still busy after this is left behind; the round goes on"),
         "shutdown_timeout": Field("30s", "duration", minimum=0.0,
                                   help="on stop, how long to wait for work in flight and the outbox flush"),
-        "control_socket": Field("", "str", help="empty: <work_dir>/control.sock"),
+        "control_socket": Field("control.sock", "str", under_work_dir=True),
         "labels": Field({}, "map[str]", help="sent to the Manager with the node info"),
     },
     "manager": {
         "address": Field("", "str", help="host:port; empty: run stand-alone"),
         "server_name": Field("", "str", help="TLS name to verify; empty: the host of address"),
         "tls": {
-            "cert_file": Field("/etc/daemon/certs/client.crt", "str"),
-            "key_file": Field("/etc/daemon/certs/client.key", "str"),
-            "ca_file": Field("/etc/daemon/certs/ca.crt", "str"),
+            "cert_file": Field("certs/client.crt", "str", under_work_dir=True),
+            "key_file": Field("certs/client.key", "str", under_work_dir=True),
+            "ca_file": Field("certs/ca.crt", "str", under_work_dir=True),
         },
         "heartbeat_interval": Field("60s", "duration", minimum=0.1),
         "reconnect_interval": Field("10s", "duration", minimum=0.01),
@@ -238,9 +241,9 @@ SCHEMA: dict[str, Any] = {
         "enabled": Field(True, "bool", help="supervise an Agent process"),
         "binary_path": Field("/usr/local/bin/agent", "str"),
         "args": Field([], "list[str]"),
-        "work_dir": Field("/var/lib/agent", "str"),
-        "config_file": Field("/etc/agent/agent.yaml", "str"),
-        "socket_path": Field("/var/run/agent.sock", "str"),
+        "work_dir": Field("agent", "str", under_work_dir=True),
+        "config_file": Field("agent/agent.yaml", "str", under_work_dir=True),
+        "socket_path": Field("agent.sock", "str", under_work_dir=True),
         "socket_mode": Field("0600", "mode"),
         "socket_group": Field("", "str", help="group that may connect; empty: owner only"),
         "stop_timeout": Field("30s", "duration", minimum=0.0, help="SIGTERM, then SIGKILL after this"),
@@ -276,16 +279,16 @@ SCHEMA: dict[str, Any] = {
     "reporters": {
         "file": {
             "enabled": Field(True, "bool", help="append each report as a JSON line"),
-            "path": Field("", "str", help="empty: <work_dir>/reports.jsonl"),
+            "path": Field("reports.jsonl", "str", under_work_dir=True),
             "max_bytes": Field("16MiB", "size", minimum=1024, help="rotated to .1 when exceeded"),
         },
     },
     "update": {
-        "download_dir": Field("/var/lib/daemon/downloads", "str"),
-        "backup_dir": Field("/var/lib/daemon/backups", "str"),
+        "download_dir": Field("downloads", "str", under_work_dir=True),
+        "backup_dir": Field("backups", "str", under_work_dir=True),
         "max_backups": Field(5, "int", minimum=1, maximum=100),
         "verify_timeout": Field("300s", "duration", minimum=0.1),
-        "public_key_file": Field("/etc/daemon/keys/update.pub", "str"),
+        "public_key_file": Field("keys/update.pub", "str", under_work_dir=True),
         "connect_timeout": Field("10s", "duration", minimum=0.01),
         "read_timeout": Field("30s", "duration", minimum=0.01),
         "download_deadline": Field("30m", "duration", minimum=0.1),
@@ -294,7 +297,7 @@ SCHEMA: dict[str, Any] = {
         "daemon_path": Field("", "str", help="the pyz to replace; empty: the running one"),
     },
     "plugins": {
-        "dir": Field("", "str", help="empty: <work_dir>/plugins"),
+        "dir": Field("plugins", "str", under_work_dir=True),
         "disabled": Field([], "list[str]", help="plugin names not to load"),
     },
     "prometheus": {
@@ -341,10 +344,13 @@ class Config(Section):
     """The whole validated configuration, plus where it came from."""
 
     source: str
+    derived: tuple[str, ...]
 
-    def __init__(self, data: dict[str, Any], source: str) -> None:
+    def __init__(self, data: dict[str, Any], source: str, derived: Iterable[str] = ()) -> None:
         super().__init__(data)
         object.__setattr__(self, "source", source)
+        # Keys whose relative value was put under daemon.work_dir (`config show` marks them).
+        object.__setattr__(self, "derived", tuple(derived))
 
     def collector(self, name: str) -> Section:
         """A collector's section; plugin collectors not in the file get the generic defaults."""
@@ -453,16 +459,37 @@ def _check_consistency(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
     return out
 
 
-def _derive_paths(data: dict[str, Any]) -> None:
-    work_dir = data["daemon"]["work_dir"]
-    derived = (
-        (data["daemon"], "control_socket", "control.sock"),
-        (data["reporters"]["file"], "path", "reports.jsonl"),
-        (data["plugins"], "dir", "plugins"),
-    )
-    for section, key, name in derived:
-        if not section[key]:
-            section[key] = os.path.join(work_dir, name)
+# Paths where "" keeps its older meaning "the default under work_dir" (for log_file and pid_file
+# "" means none: stderr only, no pid file).
+_EMPTY_MEANS_DEFAULT = ("daemon.control_socket", "reporters.file.path", "plugins.dir")
+
+
+def _path_fields(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, Field]]:
+    for key, node in schema.items():
+        sub = _join(path, key)
+        if isinstance(node, Field):
+            if node.under_work_dir:
+                yield sub, node
+        else:
+            yield from _path_fields(node, sub)
+
+
+def _derive_paths(data: dict[str, Any]) -> list[str]:
+    """Make work_dir absolute and put every relative state path under it; return the keys moved."""
+    work_dir = data["daemon"]["work_dir"] = os.path.abspath(data["daemon"]["work_dir"])
+    derived = []
+    for dotted, node in _path_fields(SCHEMA):
+        *parents, key = dotted.split(".")
+        section = data
+        for name in parents:
+            section = section[name]
+        value = section[key]
+        if not value and dotted in _EMPTY_MEANS_DEFAULT:
+            value = node.default
+        if value and not os.path.isabs(value):
+            section[key] = os.path.join(work_dir, value)
+            derived.append(dotted)
+    return derived
 
 
 def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None = None) -> Config:
@@ -481,14 +508,14 @@ def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None
     problems += [msg for keys, msg in _check_consistency(data) if not bad.intersection(keys)]
     if problems:
         raise ConfigValidateError(problems)
-    _derive_paths(data)
-    return Config(_wrap(data)._data, source)
+    derived = _derive_paths(data)
+    return Config(_wrap(data)._data, source, derived=derived)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Load and validate a config file; None means built-in defaults only.
 
-    D1001: the file cannot be read, is empty or is not YAML. D1002: it is YAML but not a valid config.
+    D1001: the file cannot be read or is not YAML. D1002: it is YAML but not a valid config.
     """
     if path is None:
         return validate({})
@@ -510,8 +537,7 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigLoadError(f"config: {path} is not valid YAML{at}: {problem}") from exc
     finally:
         loader.dispose()
-    if raw is None:
-        raise ConfigLoadError(f"config: {path} is empty")
+    # An empty file (or only comments) is the defaults, as configs/daemon.yaml promises.
     return validate(raw, source=path, problems=loader.duplicates)
 
 
@@ -520,9 +546,12 @@ def resolve_path(cli_value: str | None) -> str | None:
     return cli_value or os.environ.get(ENV_CONFIG) or None
 
 
-def summary(cfg: Config) -> str:
+def summary(cfg: Config, warnings: int = 0) -> str:
+    """The one-line verdict of `config check`."""
     enabled = [name for name, c in cfg.collectors.items() if c.enabled]
     mode = f"manager {cfg.manager.address}" if cfg.manager.address else "stand-alone"
-    agent = cfg.agent.binary_path if cfg.agent.enabled else "no agent"
-    return f"config OK: {cfg.source}: {mode}; agent {agent}; collectors {', '.join(enabled) or 'none'}"
-
+    agent = f"agent {cfg.agent.binary_path}" if cfg.agent.enabled else "no Agent (agent.enabled: false)"
+    verdict = (f"config valid with {warnings} warning{'s' if warnings != 1 else ''} (above)"
+               if warnings else "config OK")
+    return (f"{verdict}: {cfg.source}: {mode}; {agent}; collectors {', '.join(enabled) or 'none'}; "
+            f"work_dir {cfg.daemon.work_dir}")

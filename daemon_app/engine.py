@@ -483,6 +483,7 @@ class Engine:
         except Exception as exc:
             log.error("D5001 reporter %s raised: %s: %s", name, type(exc).__name__, exc,
                       extra={"code": "D5001", "plugin": name})
+            log.debug("reporter %s raised here:", name, exc_info=exc, extra={"plugin": name})
         finally:
             self.work.end(token)
 

@@ -118,6 +118,7 @@ class AgentSupervisor:
         self._foreign = 0
         self._health_checks = 0
         self._sample = health_mod.Sample(0.0, 0, 0)
+        self._measured = False
         engine.command_handlers["agent"] = self.handle_command
 
     # --- Service -------------------------------------------------------------------------------
@@ -160,7 +161,10 @@ class AgentSupervisor:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
-        log.info("agent supervision stopped; agent pid %s left running", self.pid or "-")
+        if self.pid:
+            log.info("agent supervision stopped; agent pid %s left running", self.pid)
+        else:
+            log.info("agent supervision stopped; no agent was running")
 
     def reload(self, cfg: Any) -> None:
         """New timings and thresholds apply at once; binary, args and env at the next start."""
@@ -194,8 +198,9 @@ class AgentSupervisor:
                 "state": self.state,
                 "version": self._version,
                 "start_time": rfc3339(proc.started_at) if proc else None,
-                "cpu_percent": self._sample.cpu_percent if proc else 0.0,
-                "memory_bytes": self._sample.memory_bytes if proc else 0,
+                # None (unknown) until a health check of this process measured them: 0 would lie.
+                "cpu_percent": self._sample.cpu_percent if proc and self._measured else None,
+                "memory_bytes": self._sample.memory_bytes if proc and self._measured else None,
                 "restart_count": self._restart_count,
                 "last_restart": rfc3339(self._last_restart) if self._last_restart else None,
                 "last_exit": dict(self._last_exit) if self._last_exit else None,
@@ -417,6 +422,7 @@ class AgentSupervisor:
             self._last_hb_mono = None
             self._descendants.clear()
             self._sample = health_mod.Sample(0.0, 0, 1)
+            self._measured = False
         self._sel.register(proc.pidfd, selectors.EVENT_READ, "pidfd")
 
     def _detach(self) -> AgentProcess | None:
@@ -544,6 +550,7 @@ class AgentSupervisor:
         with self._lock:
             self._health_checks += 1
             self._sample = self._health.sampler.last
+            self._measured = True
         if reason is None:
             return
         if reason == health_mod.DEAD and _readable(self._proc.pidfd):

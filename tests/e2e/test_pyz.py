@@ -56,7 +56,8 @@ def test_pyz_runs_on_the_system_python_that_has_none_of_the_dependencies(run_pyz
     result = run_pyz("-c", cfg, "collect", "--once", python=python)
     assert result.returncode == 0, result.stderr
     assert set(json.loads(result.stdout)) == BUILTINS
-    assert run_pyz("-c", cfg, "config", "check", python=python).stdout.startswith("config OK")
+    checked = run_pyz("-c", cfg, "config", "check", python=python)
+    assert checked.returncode in (0, 1) and checked.stdout.startswith(("config OK", "config valid with"))
     version = run_pyz("version", python=python).stdout
     assert "(python 3.11." in version
 

@@ -53,6 +53,6 @@ def test_status_without_a_daemon_says_so_and_exits_3(ops_dir):
     assert result.returncode == 3
     assert result.stdout == ""
     assert result.stderr.strip() == (f"D1004 the daemon is not running (no control socket answers at "
-                                     f"{ops_dir / 'control.sock'})")
+                                     f"{ops_dir / 'control.sock'}); asked the control socket from -c {path}")
     other = cli("status", "--socket", str(ops_dir / "elsewhere.sock"))
     assert other.returncode == 3
