@@ -182,7 +182,8 @@ class AgentSupervisor:
             c = server.counters
             out["socket_connections"] = server.connections
             out["socket_counters"] = {"accepted": c.accepted, "rejected": c.rejected, "evicted": c.evicted,
-                                      "refused": c.refused, "invalid": c.invalid, "lines": c.lines}
+                                      "refused": c.refused, "invalid": c.invalid, "stalled": c.stalled,
+                                      "lines": c.lines}
         return out
 
     def agent_status(self) -> dict[str, Any]:
