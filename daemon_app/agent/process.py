@@ -180,6 +180,11 @@ class AgentProcess:
     def alive(self) -> bool:
         return start_ticks(self.pid) == self.start_ticks
 
+    def traced(self) -> bool:
+        """Stopped by a tracer (state t): neither SIGTERM nor SIGCONT reaches it, only SIGKILL."""
+        stat = proc_stat(self.pid)
+        return stat is not None and stat[1] == self.start_ticks and stat[0] == "t"
+
     def signal_group(self, sig: int) -> None:
         """Signal the Agent's process group (its own session), or only the pid if it is not a leader."""
         try:
