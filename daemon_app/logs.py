@@ -1,7 +1,9 @@
 """Logging: JSON lines to `daemon.log_file` (size-rotated), readable text on a terminal.
 
 Recent warnings and errors are also kept in a small ring so they can travel with the next report
-(seed §4.3 `logs`). Messages that look like key or certificate bodies are redacted.
+(seed §4.3 `logs`). Messages that look like key or certificate bodies are redacted. Repeated
+warnings and errors (same code and source) are rate-limited for every handler installed here: the
+first is logged, repeats are counted and summarised at most once a minute.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 import re
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from daemon_app.metrics import rfc3339
@@ -80,7 +84,143 @@ class RecentProblems(logging.Handler):
         return out
 
 
+_CODE_RE = re.compile(r"D\d{4}\b")
+# A flood of distinct sources cannot grow the limiter without bound: past this many open windows
+# the quiet ones are forgotten (a forgotten source's next record is simply logged again).
+_MAX_WINDOWS = 1024
+
+
+@dataclass
+class _Window:
+    ends: float  # monotonic time the current window closes
+    suppressed: int = 0
+    last: logging.LogRecord | None = None  # the latest suppressed record, the model for the summary
+
+
+class RateLimiter(logging.Filter):
+    """Rate limit for repeated warnings and errors: one decision per record, shared by every handler.
+
+    A record's source is its logger and call site; with its D-code (the `code` field, else a code at
+    the start of the message) that is its key. The first record of a key passes and opens a window
+    of `interval` seconds; repeats within the window are counted, not logged. When a window with
+    repeats closes, one summary record goes out ("<last message> … repeated 35,698 times in 60s",
+    field `repeated`) through the same handlers, and a new window opens, so a flood that goes on
+    costs one line a minute. Summaries are sent by a short-lived timer thread (or by the next record
+    of that key, or by flush()), so the last count of a flood that stopped is not lost.
+    """
+
+    def __init__(self, interval: float = 60.0, level: int = logging.WARNING) -> None:
+        super().__init__()
+        self.interval = interval
+        self.level = level
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[Any, ...], _Window] = {}
+        self._timer: threading.Timer | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        decided = getattr(record, "_rate_limited", None)
+        if decided is not None:  # another handler of ours already decided for this record
+            return not decided
+        if record.levelno < self.level:
+            return True
+        key = _record_key(record)
+        now = time.monotonic()
+        summaries: list[logging.LogRecord] = []
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and now >= window.ends:
+                if window.suppressed:
+                    summaries.append(self._summary(window, now))
+                    window = self._windows[key] = _Window(now + self.interval)
+                else:
+                    del self._windows[key]
+                    window = None
+            if window is None:
+                self._forget_quiet_windows()
+                self._windows[key] = _Window(now + self.interval)
+                limited = False
+            else:
+                window.suppressed += 1
+                window.last = record
+                limited = True
+                self._arm(window.ends - now)
+        record._rate_limited = limited  # type: ignore[attr-defined]
+        _send(summaries)
+        return not limited
+
+    def flush(self) -> None:
+        """Send the summary of every window with repeats now, and forget every window."""
+        now = time.monotonic()
+        with self._lock:
+            summaries = [self._summary(w, now) for w in self._windows.values() if w.suppressed]
+            self._windows.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        _send(summaries)
+
+    def _on_timer(self) -> None:
+        now = time.monotonic()
+        summaries: list[logging.LogRecord] = []
+        with self._lock:
+            self._timer = None
+            for key, window in list(self._windows.items()):
+                if now < window.ends:
+                    continue
+                if window.suppressed:
+                    summaries.append(self._summary(window, now))
+                    self._windows[key] = _Window(now + self.interval)
+                else:
+                    del self._windows[key]
+            pending = [w.ends for w in self._windows.values() if w.suppressed]
+            if pending:
+                self._arm(min(pending) - now)
+        _send(summaries)
+
+    def _arm(self, delay: float) -> None:
+        """Make sure a timer fires by `delay` seconds from now (called with the lock held)."""
+        if self._timer is not None:
+            return  # an armed timer fires at the earliest window end: windows only open later
+        self._timer = threading.Timer(max(0.0, delay), self._on_timer)
+        self._timer.name = "log-rate-limit"
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _forget_quiet_windows(self) -> None:
+        if len(self._windows) >= _MAX_WINDOWS:
+            for key in [k for k, w in self._windows.items() if not w.suppressed]:
+                del self._windows[key]
+
+    def _summary(self, window: _Window, now: float) -> logging.LogRecord:
+        last = window.last
+        assert last is not None
+        seconds = self.interval - max(0.0, window.ends - now)
+        summary = logging.makeLogRecord(vars(last))
+        summary.msg = "%s … repeated %s times in %ds"
+        summary.args = (last.getMessage(), f"{window.suppressed:,}", round(seconds))
+        summary.exc_info = summary.exc_text = None  # the first record carried the traceback
+        summary.created = time.time()
+        summary.repeated = window.suppressed  # type: ignore[attr-defined]
+        summary._rate_limited = False  # type: ignore[attr-defined]
+        return summary
+
+
+def _record_key(record: logging.LogRecord) -> tuple[Any, ...]:
+    code = getattr(record, "code", None)
+    if not isinstance(code, str):
+        match = _CODE_RE.match(record.getMessage())
+        code = match.group() if match else None
+    return record.name, record.pathname, record.lineno, record.levelno, code
+
+
+def _send(summaries: list[logging.LogRecord]) -> None:
+    for summary in summaries:
+        logging.getLogger(summary.name).handle(summary)
+
+
 recent_problems = RecentProblems()
+rate_limiter = RateLimiter()
+recent_problems.addFilter(rate_limiter)
 # Handlers setup() installed, so close() and the next setup() touch only ours (not a test runner's).
 _installed: list[logging.Handler] = []
 
@@ -98,6 +238,7 @@ def setup(level: str = "info", log_file: str = "", max_bytes: int = 10 * 1024 * 
         fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
                                                   encoding="utf-8")
         fh.setFormatter(JsonFormatter())
+        fh.addFilter(rate_limiter)
         root.addHandler(fh)
         _installed.append(fh)
     if stderr is None:
@@ -105,6 +246,7 @@ def setup(level: str = "info", log_file: str = "", max_bytes: int = 10 * 1024 * 
     if stderr:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(TextFormatter() if sys.stderr.isatty() else JsonFormatter())
+        sh.addFilter(rate_limiter)
         root.addHandler(sh)
         _installed.append(sh)
 
@@ -115,7 +257,9 @@ def set_level(level: str) -> None:
 
 
 def close() -> None:
-    """Flush and close the handlers setup() installed (the last step of a shutdown)."""
+    """Flush and close the handlers setup() installed (the last step of a shutdown); pending
+    repeat counts are written first."""
+    rate_limiter.flush()
     root = logging.getLogger()
     while _installed:
         handler = _installed.pop()
