@@ -143,8 +143,10 @@ def parse_heartbeat(line: bytes, peer: Peer) -> Heartbeat:
         raise InvalidHeartbeat(f"pid must be an integer from 1 to {MAX_PID}, got {_excerpt(pid)}")
     for key in ("timestamp", "version", "status"):
         value = obj.get(key)
-        if not isinstance(value, str) or not value or len(value) > 256:
-            raise InvalidHeartbeat(f"{key} must be a non-empty string (<= 256 chars), got {_excerpt(value)}")
+        # Printable only: these strings reach `daemon status` on an operator's terminal.
+        if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable():
+            raise InvalidHeartbeat(f"{key} must be a non-empty printable string (<= 256 chars), got "
+                                   f"{_excerpt(value)}")
     try:
         datetime.fromisoformat(obj["timestamp"].replace("Z", "+00:00"))
     except ValueError:

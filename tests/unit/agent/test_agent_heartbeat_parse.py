@@ -47,6 +47,8 @@ def test_optional_fields_default_and_unknown_fields_are_ignored():
     (line(dict(GOOD, memory=1.5)), "memory"),
     (line(dict(GOOD, memory=False)), "memory"),
     (line(dict(GOOD, memory=2**70)), "memory"),
+    (line(dict(GOOD, version="1.0\x1b[2J")), "printable"),
+    (line(dict(GOOD, status="ok\nD3001 forged log line")), "printable"),
     (line(dict(GOOD, pid=10**400)), "pid"),
     (line(dict(GOOD, pid=2**40)), "pid"),
     (line(dict(GOOD, cpu=float("nan"))), "NaN"),
