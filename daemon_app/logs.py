@@ -85,6 +85,7 @@ class RecentProblems(logging.Handler):
 
 
 _CODE_RE = re.compile(r"D\d{4}\b")
+_NUMBERS_RE = re.compile(r"\d+")
 # A flood of distinct sources cannot grow the limiter without bound: past this many open windows
 # the quiet ones are forgotten (a forgotten source's next record is simply logged again).
 _MAX_WINDOWS = 1024
@@ -100,13 +101,16 @@ class _Window:
 class RateLimiter(logging.Filter):
     """Rate limit for repeated warnings and errors: one decision per record, shared by every handler.
 
-    A record's source is its logger and call site; with its D-code (the `code` field, else a code at
-    the start of the message) that is its key. The first record of a key passes and opens a window
-    of `interval` seconds; repeats within the window are counted, not logged. When a window with
-    repeats closes, one summary record goes out ("<last message> … repeated 35,698 times in 60s",
-    field `repeated`) through the same handlers, and a new window opens, so a flood that goes on
-    costs one line a minute. Summaries are sent by a short-lived timer thread (or by the next record
-    of that key, or by flush()), so the last count of a flood that stopped is not lost.
+    A record's key is its source (logger and call site), its D-code (the `code` field, else a code
+    at the start of the message) and its message with every number masked, so thousands of refused
+    peers are one key while two collectors failing at the same line of code are two.
+
+    The first record of a key passes and opens a window of `interval` seconds; repeats within the
+    window are counted, not logged. When a window with repeats closes, one summary record goes out
+    ("<last message> … repeated 35,698 times in 60s", field `repeated`) through the same handlers,
+    and a new window opens, so a flood that goes on costs one line a minute. Summaries are sent by a
+    short-lived timer thread (or by the next record of that key, or by flush()), so the last count
+    of a flood that stopped is not lost.
     """
 
     def __init__(self, interval: float = 60.0, level: int = logging.WARNING) -> None:
@@ -206,11 +210,15 @@ class RateLimiter(logging.Filter):
 
 
 def _record_key(record: logging.LogRecord) -> tuple[Any, ...]:
+    """Same logger, call site, level, D-code and message apart from its numbers: one source saying
+    the same thing (peer pids, byte counts and ports vary; a collector's or file's name does not)."""
+    message = record.getMessage()
     code = getattr(record, "code", None)
     if not isinstance(code, str):
-        match = _CODE_RE.match(record.getMessage())
+        match = _CODE_RE.match(message)
         code = match.group() if match else None
-    return record.name, record.pathname, record.lineno, record.levelno, code
+    return (record.name, record.pathname, record.lineno, record.levelno, code,
+            _NUMBERS_RE.sub("#", message[:200]))
 
 
 def _send(summaries: list[logging.LogRecord]) -> None:

@@ -61,10 +61,14 @@ def test_other_sources_and_codes_are_not_held_back_by_a_flood(logfile):
         refuse(log, i)
         log.error("D2001 link down", extra={"code": "D2001"})
         logging.getLogger("daemon_app.other").warning("D5001 peer %d refused", i, extra={"code": "D5001"})
+        for name in ("disk", "boom"):  # one call site, two sources named in the message
+            log.error("D5001 collector %s: timed out after %dms", name, 300 + i, extra={"code": "D5001"})
     log.info("routine info is never limited")
     log.info("routine info is never limited")
     messages = [e["message"] for e in entries(logfile)]
     assert messages == ["D5001 peer 0 refused", "D2001 link down", "D5001 peer 0 refused",
+                        "D5001 collector disk: timed out after 300ms",
+                        "D5001 collector boom: timed out after 300ms",
                         "routine info is never limited", "routine info is never limited"]
 
 
