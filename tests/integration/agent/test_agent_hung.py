@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -80,3 +81,37 @@ def test_a_sigstopped_agent_is_stopped_by_an_operator_without_waiting_out_stop_t
     assert time.monotonic() - began < SLACK
     stopped = rec.of("stopped")[0]
     assert stopped["pid"] == pid and stopped["exit_code"] == 0 and not alive(pid)
+
+
+TRACED_AGENT = '''
+import ctypes, os, sys, time
+me = os.getpid()
+if os.fork() == 0:  # a "debugger" in the Agent's group attaches to it and never lets it go
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, me, None, None) != 0:  # PTRACE_ATTACH
+        print("ptrace attach failed", ctypes.get_errno(), file=sys.stderr, flush=True)
+        os._exit(3)
+    while True:
+        time.sleep(1)
+time.sleep(600)
+'''
+
+
+def test_an_agent_stopped_by_a_tracer_gets_sigkill_at_once(harness, caplog):
+    script = os.path.join(harness.dir, "traced.py")
+    with open(script, "w") as fh:
+        fh.write(TRACED_AGENT)
+    sup, rec = harness.supervisor(binary_path=sys.executable, args=[script], start_seconds="0s",
+                                  stop_timeout="60s", health_check=SLOW_TICKS)
+    running = rec.wait_for("running", 1, timeout=10)
+    pid = harness.track(running["pid"])
+    try:
+        wait_until(lambda: state_of(pid) == "t", 5, what="the Agent in tracing stop")
+    except AssertionError:
+        pytest.skip("this machine does not allow ptrace attach")
+    started = rec.wait_for("started", 2, timeout=HEARTBEAT_TIMEOUT + SLACK + 10)
+    harness.track(started["pid"])
+    exited = rec.of("exited")[0]
+    assert exited["pid"] == pid and exited["signal"] == signal.SIGKILL
+    assert f"agent pid {pid} is stopped by a tracer; sending SIGKILL" in caplog.text
+    assert "still running" not in caplog.text  # no SIGTERM wait: killed at once
