@@ -59,6 +59,16 @@ class TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# What one entry of the ring may hold: entries travel in every report, and a message can quote a
+# peer's input (the ring's 100 entries stay under ~300 KiB whatever was logged).
+_RING_MESSAGE_MAX = 2048
+_RING_FIELD_MAX = 256
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 class RecentProblems(logging.Handler):
     """Keeps the last warnings/errors (bounded) until the next report takes them."""
 
@@ -70,9 +80,9 @@ class RecentProblems(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         entry = {
             "level": record.levelname.lower(),
-            "message": redact(record.getMessage()),
+            "message": _clip(redact(record.getMessage()), _RING_MESSAGE_MAX),
             "timestamp": rfc3339(record.created),
-            "fields": {k: redact(str(v)) for k, v in record_fields(record).items()},
+            "fields": {k: _clip(redact(str(v)), _RING_FIELD_MAX) for k, v in record_fields(record).items()},
         }
         with self._mutex:
             self._ring.append(entry)

@@ -279,7 +279,7 @@ class AgentSupervisor:
             "reset": (self._reset, ()),
         }
         if action not in actions:
-            log.error("D3001 agent command %s: unknown action %r (expected start, stop, restart, reset)",
+            log.error("D3001 agent command %s: unknown action %.60r (expected start, stop, restart, reset)",
                       command.get("id"), action, extra={"code": "D3001"})
             return
         fn, args = actions[action]

@@ -148,3 +148,11 @@ def test_thousands_of_refused_heartbeat_peers_log_one_warning_and_one_summary(lo
     # One first line, then summaries (one per 0.5 s window here; one a minute in the daemon).
     assert 2 <= len(rejected) <= 2 + 20 / WINDOW
     assert 1 + sum(e.get("repeated", 0) for e in rejected) == server.counters.rejected
+
+
+def test_an_entry_of_the_recent_problems_ring_is_bounded_whatever_was_logged(logfile):
+    log = logging.getLogger("daemon_app.test")
+    log.warning("peer said %s", "x" * 1_000_000, extra={"peer": "y" * 10_000})
+    (entry,) = logs.recent_problems.drain()
+    assert len(entry["message"]) <= 2048 and entry["message"].startswith("peer said xxx")
+    assert len(entry["fields"]["peer"]) <= 256
