@@ -38,6 +38,7 @@ MAX_LINE = 64 * 1024  # bytes in one line, its newline included
 MAX_DEPTH = 32  # nesting of JSON arrays/objects in one line; a heartbeat needs 2
 PARTIAL_LINE_TIMEOUT = 5.0  # seconds a connection may hold an unfinished line
 MAX_CONNECTIONS = 64
+_ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed for want of descriptors
 MAX_PID = 1 << 22  # the kernel's PID_MAX_LIMIT
 MAX_MEMORY = 1 << 62  # bytes; anything larger is not a real RSS
 MAX_CPU = 1e6  # percent (100 = one core)
@@ -178,6 +179,7 @@ class Counters:
     refused: int = 0  # new connections turned away at the cap (every open one was the Agent's)
     invalid: int = 0  # malformed, oversized, too deep or ill-typed lines (each closes its connection)
     stalled: int = 0  # closed while holding a partial line for longer than the partial-line timeout
+    accept_errors: int = 0  # accept() failed (out of descriptors); accepting paused briefly each time
     lines: int = 0  # valid heartbeat lines, whoever sent them
 
 
@@ -208,6 +210,7 @@ class HeartbeatServer:
         self._waker: WakePipe | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._accept_resume: float | None = None  # set while accepting is paused (out of descriptors)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class HeartbeatServer:
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
         self._sel.register(self._waker, selectors.EVENT_READ, "wake")
         self._stopping = False
+        self._accept_resume = None
         self._thread = threading.Thread(target=self._run, name="agent-heartbeat", daemon=True)
         self._thread.start()
         log.info("agent heartbeat socket listening on %s (mode %04o%s)", self.path, self.mode,
@@ -306,7 +310,7 @@ class HeartbeatServer:
         assert self._sel is not None
         while not self._stopping:
             try:
-                events = self._sel.select(self._partial_timeout())
+                events = self._sel.select(self._next_timeout())
             except OSError:  # pragma: no cover - the selector was closed under us
                 return
             for key, _ in events:
@@ -320,14 +324,17 @@ class HeartbeatServer:
                 else:
                     self._read_guarded(key.data)
             self._close_stalled()
+            self._resume_accepting()
 
-    def _partial_timeout(self) -> float | None:
-        """Seconds until the oldest partial line goes stale (None: no connection holds one)."""
-        oldest = min((c.partial_since for c in self._conns.values() if c.partial_since is not None),
-                     default=None)
-        if oldest is None:
+    def _next_timeout(self) -> float | None:
+        """Seconds until the oldest partial line goes stale or accepting resumes (None: neither)."""
+        due = [c.partial_since + self.partial_timeout for c in self._conns.values()
+               if c.partial_since is not None]
+        if self._accept_resume is not None:
+            due.append(self._accept_resume)
+        if not due:
             return None
-        return max(0.0, oldest + self.partial_timeout - time.monotonic())
+        return max(0.0, min(due) - time.monotonic())
 
     def _close_stalled(self) -> None:
         now = time.monotonic()
@@ -346,24 +353,50 @@ class HeartbeatServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: back off to the next wake-up
-                log.warning("agent heartbeat accept failed: %s", exc)
+            except OSError as exc:  # EMFILE and friends
+                self._pause_accepting(exc)
                 return
-            pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
-            peer = Peer(pid, uid, gid)
-            if not self._allowed(peer):
-                self.counters.rejected += 1
-                log.warning("agent heartbeat socket: rejected peer pid %d uid %d gid %d", pid, uid, gid)
-                sock.close()
-                continue
-            if len(self._conns) >= self.max_connections and not self._evict_one():
-                self.counters.refused += 1
-                sock.close()
-                continue
-            sock.setblocking(False)
-            self._conns[sock.fileno()] = conn = _Conn(sock, peer, self.is_agent(pid))
-            self._sel.register(sock, selectors.EVENT_READ, conn)
-            self.counters.accepted += 1
+            try:
+                self._admit(sock)
+            except Exception:
+                if sock.fileno() not in self._conns:
+                    sock.close()  # never leak the descriptor of a half-admitted peer
+                raise
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): the pending connection keeps the listener readable, so
+        polling it again at once would spin a core. Stop listening for a moment instead."""
+        assert self._listener is not None and self._sel is not None
+        log.warning("D3001 agent heartbeat socket cannot accept (%s); pausing %gs", exc, _ACCEPT_PAUSE,
+                    extra={"code": "D3001"})
+        self.counters.accept_errors += 1
+        self._sel.unregister(self._listener)
+        self._accept_resume = time.monotonic() + _ACCEPT_PAUSE
+
+    def _resume_accepting(self) -> None:
+        if self._accept_resume is not None and time.monotonic() >= self._accept_resume:
+            assert self._listener is not None and self._sel is not None
+            self._accept_resume = None
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+
+    def _admit(self, sock: socket.socket) -> None:
+        assert self._sel is not None
+        pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+        peer = Peer(pid, uid, gid)
+        if not self._allowed(peer):
+            self.counters.rejected += 1
+            log.warning("agent heartbeat socket: rejected peer pid %d uid %d gid %d", pid, uid, gid)
+            sock.close()
+            return
+        if len(self._conns) >= self.max_connections and not self._evict_one():
+            self.counters.refused += 1
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock, peer, self.is_agent(pid))
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+        self._conns[sock.fileno()] = conn
+        self.counters.accepted += 1
 
     def _allowed(self, peer: Peer) -> bool:
         if peer.uid in (0, os.getuid()):

@@ -186,7 +186,7 @@ class AgentSupervisor:
             out["socket_connections"] = server.connections
             out["socket_counters"] = {"accepted": c.accepted, "rejected": c.rejected, "evicted": c.evicted,
                                       "refused": c.refused, "invalid": c.invalid, "stalled": c.stalled,
-                                      "lines": c.lines}
+                                      "accept_errors": c.accept_errors, "lines": c.lines}
         return out
 
     def agent_status(self) -> dict[str, Any]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
 from daemon_app.agent.heartbeat import MAX_DEPTH, HeartbeatServer
-from tests.helpers import short_tmpdir, wait_until
+from tests.helpers import ROOT, short_tmpdir, wait_until
 from tests.integration.agent.test_agent_heartbeat_socket import closed_by_peer, connect
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,3 +169,59 @@ def test_a_failing_consumer_neither_kills_the_receiver_nor_drops_the_connection(
     wait_until(lambda: len(calls) == 2, 5, what="both lines delivered")
     assert server.connections == 1 and server.counters.invalid == 0
     s.close()
+
+
+# A receiver in a child process whose descriptor limit is nearly used up: accept() fails with EMFILE.
+LOW_FD_SERVER = """
+import json, os, resource, signal, sys, time
+from daemon_app.agent.heartbeat import HeartbeatServer
+server = HeartbeatServer(sys.argv[1], 0o600, "", lambda hb: print("line", flush=True), lambda pid: False)
+server.start()
+# Leave room for a handful of connections only.
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 4, 1024))
+done = []
+signal.signal(signal.SIGTERM, lambda *a: done.append(1))
+print("ready", flush=True)
+while not done:
+    time.sleep(0.05)
+print(json.dumps(vars(server.counters)), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
+    path = os.path.join(short_tmpdir("hbf"), "hb.sock")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", LOW_FD_SERVER, path], stdout=subprocess.PIPE,
+                             text=True, env=env)
+    peers = []
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        for _ in range(40):  # more than the child can hold: the rest wait in the listen backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            peers.append(s)
+        proc = psutil.Process(child.pid)
+        wait_until(lambda: len(os.listdir(f"/proc/{child.pid}/fd")) >= 10, 10, what="the child out of fds")
+        cpu = proc.cpu_times()
+        began = time.monotonic()
+        wait_until(lambda: time.monotonic() - began >= 2.0, 5, what="two seconds of EMFILE")
+        spent = sum(proc.cpu_times()[:2]) - sum(cpu[:2])
+        assert spent < 0.5, f"the receiver burnt {spent:.2f}s of CPU in 2s while out of descriptors"
+        for s in peers:  # descriptors come back: it accepts and reads again
+            s.close()
+        peers.clear()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        peers.append(s)
+        s.sendall(good_line())
+        ready, _, _ = select.select([child.stdout], [], [], 10)
+        assert ready and child.stdout.readline().strip() == "line", "no heartbeat after descriptors came back"
+    finally:
+        for s in peers:
+            s.close()
+        child.terminate()
+        out, _ = child.communicate(timeout=10)
+    counters = json.loads(out.strip().splitlines()[-1])
+    assert counters["accept_errors"] >= 1
+    assert counters["accept_errors"] < 20, "accept() retried in a tight loop"
