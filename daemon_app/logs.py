@@ -150,7 +150,7 @@ class RateLimiter(logging.Filter):
                     del self._windows[key]
                     window = None
             if window is None:
-                self._forget_quiet_windows()
+                summaries += self._make_room(now)
                 self._windows[key] = _Window(now + self.interval)
                 limited = False
             else:
@@ -200,10 +200,18 @@ class RateLimiter(logging.Filter):
         self._timer.daemon = True
         self._timer.start()
 
-    def _forget_quiet_windows(self) -> None:
-        if len(self._windows) >= _MAX_WINDOWS:
-            for key in [k for k, w in self._windows.items() if not w.suppressed]:
-                del self._windows[key]
+    def _make_room(self, now: float) -> list[logging.LogRecord]:
+        """Keep the number of windows bounded (called with the lock held): forget the quiet ones,
+        and if every one holds repeats, summarise them all early rather than grow."""
+        if len(self._windows) < _MAX_WINDOWS:
+            return []
+        for key in [k for k, w in self._windows.items() if not w.suppressed]:
+            del self._windows[key]
+        if len(self._windows) < _MAX_WINDOWS:
+            return []
+        summaries = [self._summary(w, now) for w in self._windows.values()]
+        self._windows.clear()
+        return summaries
 
     def _summary(self, window: _Window, now: float) -> logging.LogRecord:
         last = window.last

@@ -156,3 +156,16 @@ def test_an_entry_of_the_recent_problems_ring_is_bounded_whatever_was_logged(log
     (entry,) = logs.recent_problems.drain()
     assert len(entry["message"]) <= 2048 and entry["message"].startswith("peer said xxx")
     assert len(entry["fields"]["peer"]) <= 256
+
+
+def test_the_limiter_stays_bounded_when_every_record_says_something_different_twice(logfile):
+    log = logging.getLogger("daemon_app.test")
+    words = ["".join(chr(97 + (i >> (4 * k)) % 16) for k in range(4)) for i in range(3000)]
+    for word in words:  # 3,000 sources, each repeated once: 3,000 windows with a count
+        for _ in range(2):
+            log.warning("command %s failed", word)
+        assert len(logs.rate_limiter._windows) <= 1024
+    logs.close()
+    found = entries(logfile)
+    assert len(found) == 6000  # nothing lost: each first line, and each repeat in a summary
+    assert sum(e.get("repeated", 0) for e in found) == 3000
