@@ -44,6 +44,7 @@ MAX_ITEMS = 1000  # entries in one list or map
 MAX_NODES = 5_000  # nodes in the document with every alias expanded (~0.2 s of parsing)
 MAX_ALIASES = 100  # alias references (*name)
 MAX_DEPTH = 32  # nesting of maps and lists
+MAX_PROBLEMS = 100  # problems listed in one D1002 error; the rest are counted
 
 _REPR = reprlib.Repr()
 _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
@@ -550,6 +551,9 @@ def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None
     # report a contradiction the operator did not write.
     bad = {p.split(":", 1)[0] for p in problems}
     problems += [msg for keys, msg in _check_consistency(data) if not bad.intersection(keys)]
+    if len(problems) > MAX_PROBLEMS:  # a file of garbage must not become a megabyte of output
+        problems = problems[:MAX_PROBLEMS] + [f"<file>: {len(problems) - MAX_PROBLEMS} more problem(s) "
+                                              "not listed"]
     if problems:
         raise ConfigValidateError(problems)
     _derive_paths(data)

@@ -142,6 +142,16 @@ def test_a_bad_value_is_quoted_as_a_short_excerpt(tmp_path):
         assert len(problem) < 300, problem
 
 
+def test_a_file_of_a_thousand_mistakes_lists_the_first_hundred_and_counts_the_rest(tmp_path):
+    path = tmp_path / "daemon.yaml"
+    path.write_text("".join(f"k{i}: 1\n" for i in range(1000)))
+    with pytest.raises(ConfigValidateError) as caught:
+        config.load(path)
+    problems = caught.value.problems
+    assert len(problems) == 101 and problems[0] == "k0: unknown key"
+    assert problems[-1] == "<file>: 900 more problem(s) not listed"
+
+
 # --- property-based --------------------------------------------------------------------------
 
 _DIR = tempfile.mkdtemp(prefix="cfgprop")
