@@ -244,6 +244,47 @@ def _send(summaries: list[logging.LogRecord]) -> None:
         logging.getLogger(summary.name).handle(summary)
 
 
+class LogFileHandler(logging.handlers.RotatingFileHandler):
+    """The size-rotated JSON log file. When it cannot be written (a full disk), the records are
+    counted and one line a minute on stderr says so, instead of logging's traceback per record."""
+
+    report_every = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost = 0  # records that could not be written, since the start
+        self._lost_unreported = 0
+        self._last_report: float | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.lost += 1
+        self._lost_unreported += 1
+        now = time.monotonic()
+        if self._last_report is not None and now - self._last_report < self.report_every:
+            return
+        self._last_report = now
+        exc = sys.exc_info()[1]
+        try:
+            sys.stderr.write(f"daemon: cannot write log file {self.baseFilename}: {exc}; "
+                             f"{self._lost_unreported} record(s) not written\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        self._lost_unreported = 0
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:  # a full disk must not break a reload or the shutdown that flushes us
+            self.handleError(logging.makeLogRecord({}))
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            self.stream = None  # type: ignore[assignment]
+
+
 recent_problems = RecentProblems()
 rate_limiter = RateLimiter()
 recent_problems.addFilter(rate_limiter)
@@ -261,8 +302,7 @@ def setup(level: str = "info", log_file: str = "", max_bytes: int = 10 * 1024 * 
         root.addHandler(recent_problems)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
-                                                  encoding="utf-8")
+        fh = LogFileHandler(log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         fh.setFormatter(JsonFormatter())
         fh.addFilter(rate_limiter)
         root.addHandler(fh)

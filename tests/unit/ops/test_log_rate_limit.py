@@ -169,3 +169,20 @@ def test_the_limiter_stays_bounded_when_every_record_says_something_different_tw
     found = entries(logfile)
     assert len(found) == 6000  # nothing lost: each first line, and each repeat in a summary
     assert sum(e.get("repeated", 0) for e in found) == 3000
+
+
+def test_a_log_file_that_cannot_be_written_costs_one_stderr_line_not_a_traceback_per_record(capsys):
+    logs.setup("info", "/dev/full", stderr=False)  # every write fails with ENOSPC, like a full disk
+    try:
+        log = logging.getLogger("daemon_app.test")
+        for i in range(500):
+            log.info("report %d queued", i)  # info: not rate-limited, each one reaches the file
+        handler = next(h for h in logging.getLogger().handlers if isinstance(h, logs.LogFileHandler))
+        assert handler.lost == 500
+    finally:
+        logs.close()
+        logging.getLogger().removeHandler(logs.recent_problems)
+        logging.getLogger().setLevel(logging.WARNING)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("daemon: cannot write log file /dev/full: [Errno 28] No space left on device")
