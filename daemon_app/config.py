@@ -4,12 +4,20 @@ The schema below is the single source of truth: defaults, types, ranges and the 
 reference file `configs/daemon.yaml` all follow it. Durations are strings such as `30s`, `5m`,
 `500ms`; sizes are integers (bytes) or strings such as `64MiB`. Values come out typed: durations
 as float seconds, sizes as int bytes.
+
+The file is bounded before it is trusted (docs: configs/daemon.yaml's header): its size, every
+string, list and map in it, its nesting, and the number of nodes YAML aliases may expand to, so a
+hostile or broken file is refused with D1001 in milliseconds instead of being expanded; error
+messages quote at most a short excerpt of a bad value.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,15 +37,41 @@ _SIZE_UNITS = {
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# Limits of a config file (D1001 past any of them). The shipped reference file is ~8 KiB, ~400 nodes.
+MAX_FILE_BYTES = 128 * 1024
+MAX_STRING = 16 * 1024  # characters in one scalar or key
+MAX_ITEMS = 1000  # entries in one list or map
+MAX_NODES = 5_000  # nodes in the document with every alias expanded (~0.2 s of parsing)
+MAX_ALIASES = 100  # alias references (*name)
+MAX_DEPTH = 32  # nesting of maps and lists
+MAX_PROBLEMS = 100  # problems listed in one D1002 error; the rest are counted
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
+_REPR.maxlong = 40
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A short repr of a value for error messages: never the whole of a huge or deeply nested one
+    (reprlib bounds the work, the cut bounds the text)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _finite(value: float, original: Any, what: str = "number") -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite {what}, got {excerpt(original)}")
+    return value
+
 
 def parse_duration(value: Any) -> float:
     """'30s' -> 30.0. Bare numbers are refused: '60' could mean seconds or milliseconds."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"must be a duration like 30s, got {value!r}")
+        raise ValueError(f"must be a duration like 30s, got {excerpt(value)}")
     m = _DURATION_RE.match(value)
     if not m:
-        raise ValueError(f"must be a duration like 30s, got {value!r}")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        raise ValueError(f"must be a duration like 30s, got {excerpt(value)}")
+    return _finite(float(m.group(1)) * _DURATION_UNITS[m.group(2)], value, "duration")
 
 
 def format_duration(seconds: float) -> str:
@@ -53,14 +87,14 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: Any) -> int:
     """65536 or '64MiB' -> bytes."""
     if isinstance(value, bool):
-        raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {value!r}")
+        raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {excerpt(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
             return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {value!r}")
+    raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {excerpt(value)}")
 
 
 def format_size(size: int) -> int | str:
@@ -90,23 +124,86 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that remembers duplicate keys: YAML keeps the last silently, hiding a typo."""
+class _LimitExceeded(yaml.MarkedYAMLError):
+    """A config file past one of the limits above; reported like a YAML syntax error (D1001)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses oversized documents while composing them, before anything is built.
+
+    PyYAML composes an alias as a reference to its anchor's node, so a 1 KiB "billion laughs" file
+    is a small graph; it explodes only when something walks it (construction of merge keys, a
+    repr in an error message, validation). Each node's size with its aliases expanded is counted
+    here, as the graph is built, so such a file is refused after a few hundred nodes. It also
+    remembers duplicate keys: YAML keeps the last silently, hiding a typo.
+    """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[str] = []
+        self._sizes: dict[int, int] = {}  # id(node) -> size with aliases expanded
+        self._total = 0
+        self._aliases = 0
+        self._depth = 0
+
+    def _refuse(self, mark: Any, problem: str) -> None:
+        raise _LimitExceeded(problem=problem, problem_mark=mark)
+
+    def _count(self, size: int, mark: Any) -> None:
+        self._total += size
+        if self._total > MAX_NODES:
+            self._refuse(mark, f"more than {MAX_NODES} nodes, counting each alias as what it expands to")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                self._refuse(mark, f"more than {MAX_ALIASES} aliases")
+            node = super().compose_node(parent, index)
+            self._count(self._sizes.get(id(node), 1), mark)
+            return node
+        mark = self.peek_event().start_mark
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            self._refuse(mark, f"nested deeper than {MAX_DEPTH} levels")
+        self._count(1, mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = 1
+        if isinstance(node, yaml.ScalarNode):
+            if len(node.value) > MAX_STRING:
+                self._refuse(mark, f"a string longer than {MAX_STRING} characters")
+        else:
+            if len(node.value) > MAX_ITEMS:
+                self._refuse(mark, f"a list or map with more than {MAX_ITEMS} entries")
+            children = node.value if isinstance(node, yaml.SequenceNode) else [
+                n for pair in node.value for n in pair]
+            size += sum(self._sizes.get(id(child), 1) for child in children)
+        self._sizes[id(node)] = size
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` is expanded by SafeLoader itself (and counted in compose_node)
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str) and key in seen:
                 self.duplicates.append(
-                    f"{key}: duplicate key at line {key_node.start_mark.line + 1} (it would replace "
-                    "the earlier one)")
-            seen.add(key)
+                    f"{_short(key)}: duplicate key at line {key_node.start_mark.line + 1} (it would "
+                    "replace the earlier one)")
+            if isinstance(key, str):
+                seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _short(key: Any, limit: int = 60) -> str:
+    """A key as it appears in a message: itself when short, else a truncated excerpt."""
+    text = key if isinstance(key, str) else excerpt(key)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -130,44 +227,47 @@ class Field:
             out = parse_size(value)
         elif kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"must be true or false, got {value!r}")
+                raise ValueError(f"must be true or false, got {excerpt(value)}")
             out = value
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"must be an integer, got {value!r}")
+                raise ValueError(f"must be an integer, got {excerpt(value)}")
             out = value
         elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"must be a number, got {value!r}")
-            out = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"must be a number, got {excerpt(value)}")
+            try:
+                out = _finite(float(value), value)
+            except OverflowError:
+                raise ValueError(f"must be a finite number, got {excerpt(value)}") from None
         elif kind == "str":
             if not isinstance(value, str):
-                raise ValueError(f"must be a string, got {value!r}")
+                raise ValueError(f"must be a string, got {excerpt(value)}")
             out = value
         elif kind == "choice":
             if value not in self.choices:
-                raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
+                raise ValueError(f"must be one of {', '.join(self.choices)}, got {excerpt(value)}")
             out = value
         elif kind == "mode":
             if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
-                raise ValueError(f"must be an octal file mode like '0600', got {value!r}")
+                raise ValueError(f"must be an octal file mode like '0600', got {excerpt(value)}")
             out = int(value, 8)
         elif kind == "list[str]":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"must be a list of strings, got {value!r}")
+                raise ValueError(f"must be a list of strings, got {excerpt(value)}")
             out = list(value)
         elif kind == "map[str]":
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
-                raise ValueError(f"must be a mapping of strings to strings, got {value!r}")
+                raise ValueError(f"must be a mapping of strings to strings, got {excerpt(value)}")
             out = dict(value)
         else:  # pragma: no cover - schema bug
             raise AssertionError(kind)
         if self.minimum is not None and out < self.minimum:
-            raise ValueError(f"must be at least {self._show(self.minimum)}, got {value!r}")
+            raise ValueError(f"must be at least {self._show(self.minimum)}, got {excerpt(value)}")
         if self.maximum is not None and out > self.maximum:
-            raise ValueError(f"must be at most {self._show(self.maximum)}, got {value!r}")
+            raise ValueError(f"must be at most {self._show(self.maximum)}, got {excerpt(value)}")
         return out
 
     def _show(self, bound: float) -> str:
@@ -380,7 +480,7 @@ def _validate_tree(schema: dict[str, Any], raw: Any, path: str, problems: list[s
     out: dict[str, Any] = {}
     for key in raw:
         if key not in schema and not (path == "collectors" and isinstance(key, str)):
-            hint = _did_you_mean(str(key), schema)
+            hint = _did_you_mean(_short(key), schema)
             problems.append(f"{_join(path, key)}: unknown key{hint}")
     for key, node in schema.items():
         sub = _join(path, key)
@@ -408,7 +508,7 @@ def _did_you_mean(key: str, schema: dict[str, Any]) -> str:
 
 
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    return f"{path}.{_short(key)}" if path else _short(key)
 
 
 def _render(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -444,9 +544,9 @@ def _check_consistency(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
                     "manager.reconnect_max: must not be shorter than manager.reconnect_interval"))
     addr = mgr["address"]
     if addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}", addr):
-        out.append((("manager.address",), f"manager.address: must be host:port, got {addr!r}"))
+        out.append((("manager.address",), f"manager.address: must be host:port, got {excerpt(addr)}"))
     elif addr and not 0 < int(addr.rsplit(":", 1)[1]) < 65536:
-        out.append((("manager.address",), f"manager.address: port must be 1-65535, got {addr!r}"))
+        out.append((("manager.address",), f"manager.address: port must be 1-65535, got {excerpt(addr)}"))
     if not data["daemon"]["work_dir"]:
         out.append((("daemon.work_dir",), "daemon.work_dir: must not be empty"))
     try:
@@ -506,6 +606,9 @@ def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None
     # report a contradiction the operator did not write.
     bad = {p.split(":", 1)[0] for p in problems}
     problems += [msg for keys, msg in _check_consistency(data) if not bad.intersection(keys)]
+    if len(problems) > MAX_PROBLEMS:  # a file of garbage must not become a megabyte of output
+        problems = problems[:MAX_PROBLEMS] + [f"<file>: {len(problems) - MAX_PROBLEMS} more problem(s) "
+                                              "not listed"]
     if problems:
         raise ConfigValidateError(problems)
     derived = _derive_paths(data)
@@ -515,30 +618,65 @@ def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Load and validate a config file; None means built-in defaults only.
 
-    D1001: the file cannot be read or is not YAML. D1002: it is YAML but not a valid config.
+    D1001: the file cannot be read, is not a regular file, is too large, not YAML, or past
+    a limit (MAX_* above). D1002: it is YAML but not a valid config.
     """
     if path is None:
         return validate({})
     path = os.fspath(path)
+    raw, duplicates = _load_yaml(path)
+    # An empty file (or only comments) is the defaults, as configs/daemon.yaml promises.
+    return validate(raw, source=path, problems=duplicates)
+
+
+def read_raw(path: str) -> Any:
+    """The parsed YAML document of a config file, unvalidated but within the same limits (D1001)."""
+    return _load_yaml(path)[0]
+
+
+def _read_bounded(path: str) -> str:
+    """The file's text; D1001 unless it is a regular UTF-8 file of at most MAX_FILE_BYTES."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # O_NONBLOCK: a FIFO planted at the path must not hang `config check` or a reload.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigLoadError(f"config: cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigLoadError(f"config: {path} is not UTF-8 text: {exc}") from exc
-    loader = _UniqueKeyLoader(text)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigLoadError(f"config: {path} is not a regular file")
+        try:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigLoadError(f"config: cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigLoadError(f"config: {path} is larger than {MAX_FILE_BYTES // 1024} KiB; refusing "
+                              "to parse it")
     try:
-        raw = loader.get_single_data()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigLoadError(f"config: {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+
+
+def _load_yaml(path: str) -> tuple[Any, list[str]]:
+    text = _read_bounded(path)
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # the reader already refuses control characters (a YAMLError)
+        return loader.get_single_data(), loader.duplicates
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigLoadError(f"config: {path} is not valid YAML{at}: {problem}") from exc
+        problem = getattr(exc, "problem", None) or exc
+        what = "is past a config file limit" if isinstance(exc, _LimitExceeded) else "is not valid YAML"
+        raise ConfigLoadError(f"config: {path} {what}{at}: {str(problem)[:200]}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors let some of these through (a timestamp like 2026-13-45, an integer
+        # past Python's digit limit); they are the file's fault all the same.
+        raise ConfigLoadError(f"config: {path} has a value YAML cannot represent: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from exc
     finally:
-        loader.dispose()
-    # An empty file (or only comments) is the defaults, as configs/daemon.yaml promises.
-    return validate(raw, source=path, problems=loader.duplicates)
+        if loader is not None:
+            loader.dispose()
 
 
 def resolve_path(cli_value: str | None) -> str | None:

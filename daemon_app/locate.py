@@ -36,12 +36,9 @@ def control_socket_of(config_path: str | None) -> str:
         pass
     raw: Any = None
     if config_path:
-        import yaml
-
         try:
-            with open(config_path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raw = config_mod.read_raw(config_path)  # bounded like load(): the file may be a bomb
+        except DaemonError:
             raw = None
     section = raw.get("daemon") if isinstance(raw, dict) else None
     section = section if isinstance(section, dict) else {}
