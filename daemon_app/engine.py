@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon_app import __version__, logs
+from daemon_app import __version__, logs, threads
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
@@ -768,6 +768,7 @@ class Engine:
             "last_report": rfc3339(self.last_report) if self.last_report else None,
             "reports_built": self.reports_built,
             "in_flight": self.work.active(),
+            "threads": threads.snapshot(),
         }
         for name, provider in list(self.status_providers.items()):
             if out.get(name) is None:
