@@ -20,7 +20,7 @@ REASONS: dict[str, str] = {
     "control-client": "(ends) one request on the control socket",
     "manager-link": "the Manager link's asyncio loop: register, heartbeats, reports, commands, keepalive",
     "manager-link-resolve": "(ends) one DNS lookup of the Manager's host name",
-    "collect:": "runs one collector, so a hung collector holds up only itself",
+    "collect:": "runs one collector, so a hung one holds up only itself; ends after 5 s without work",
     "disk-statvfs": "statvfs of each mount under a timeout, so a hung mount never blocks collection",
     "report:": "(ends) one report hook call, bounded by daemon.report_timeout",
     "update-": "(ends) one update or rollback job",
