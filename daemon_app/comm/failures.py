@@ -35,6 +35,35 @@ def call_errors() -> tuple[type[BaseException], ...]:
     return (GRPCError, StreamTerminatedError, ProtocolError, OSError, asyncio.TimeoutError)
 
 
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """Failures that mean the connection itself is gone (or never came up)."""
+    from grpclib.exceptions import StreamTerminatedError
+
+    return (StreamTerminatedError, OSError)
+
+
+def describe_stream_failure(exc: BaseException, mcfg: Any) -> DaemonError:
+    """A failure of the command stream alone (the connection still stands) as D2001 with its cause:
+    the Manager's gRPC status, or a message that is not a Command."""
+    address = mcfg.address
+    status = getattr(exc, "status", None)
+    if status is not None and hasattr(exc, "message"):
+        cause = f"{getattr(status, 'name', status)}: {getattr(exc, 'message', '') or ''}".rstrip(": ")
+    elif type(exc).__name__ == "DecodeError":  # google.protobuf.message.DecodeError
+        cause = f"the Manager sent a message that is not a daemon.v1.Command ({exc})"
+    else:
+        cause = f"{type(exc).__name__}: {exc}"
+    return ManagerConnectError(f"command stream from manager {address} failed: {cause}")
+
+
+def answered_errors() -> tuple[type[BaseException], ...]:
+    """Failures of one call that leave the connection usable: the Manager answered with a gRPC
+    status, or did not answer in time (a dead connection is noticed by keepalive, not here)."""
+    from grpclib.exceptions import GRPCError
+
+    return (GRPCError, asyncio.TimeoutError)
+
+
 def is_cancelled(exc: BaseException) -> bool:
     """True for a gRPC CANCELLED status: the call was ended on purpose, not a failure."""
     status = getattr(exc, "status", None)

@@ -97,6 +97,31 @@ class _ThreadPerCall(concurrent.futures.ThreadPoolExecutor):
 _HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
 
 
+class _RateLimitedLog:
+    """The first of a run of identical errors is logged; repeats within a minute are counted and the
+    next one after the minute says how many there were (DESIGN.md §9a)."""
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._at = 0.0
+        self._repeats = 0
+
+    def error(self, text: str, code: str) -> None:
+        now = time.monotonic()
+        if text == self._text and now - self._at < 60:
+            self._repeats += 1
+            log.debug("%s", text, extra={"code": code})
+            return
+        more = ""
+        if text == self._text and self._repeats:
+            more = f" ({self._repeats} more like it in the last minute)"
+        log.error("%s%s", text, more, extra={"code": code})
+        self._text, self._at, self._repeats = text, now, 0
+
+    def reset(self) -> None:
+        self._text, self._at, self._repeats = "", 0.0, 0
+
+
 class _Reconnect(Exception):
     """Leave the connection and open a new one at once (certificates or address changed)."""
 
@@ -153,6 +178,18 @@ class ManagerLink:
         self._cert: dict[str, Any] = {}
         self._tls_fp: tuple[Any, ...] = ()
         self._heartbeat_override = 0.0
+        # ReportMetrics failures back off on their own, across reconnects; only a report the Manager
+        # takes resets them, and the connection, heartbeats and commands go on meanwhile.
+        self._report_attempt = 0
+        self._report_retry_at = 0.0
+        self._report_error = ""
+        self._report_log = _RateLimitedLog()
+        # The command stream: its state for `daemon status`, and its own backoff and log.
+        self._stream_state = "closed"
+        self._stream_opened_at = 0.0
+        self._stream_reopens = 0
+        self._stream_last_error = ""
+        self._stream_log = _RateLimitedLog()
 
     # --- Service ---------------------------------------------------------------------------------
 
@@ -207,6 +244,15 @@ class ManagerLink:
             "last_seq": box.last_seq,
             "pending_command_statuses": box.status_count,
             "last_error": self._last_error,
+            "report_error": self._report_error,
+            "report_retry_in_s": round(max(0.0, self._report_retry_at - time.monotonic()), 1)
+            if self._report_retry_at else 0.0,
+            "command_stream": {
+                "state": self._stream_state,
+                "opened_at": rfc3339(self._stream_opened_at) if self._stream_opened_at else None,
+                "reopens": self._stream_reopens,
+                "last_error": self._stream_last_error,
+            },
             "client_cert": {k: str(v) for k, v in self._cert.items()},
         }
 
@@ -326,7 +372,6 @@ class ManagerLink:
             self._state = "stopped"
 
     async def _connect(self) -> DaemonServiceClient:
-        import asyncio
 
         from daemon_app.comm.rpc import DaemonServiceClient, LinkChannel
         from daemon_app.proto import daemon_pb2 as pb
@@ -364,7 +409,7 @@ class ManagerLink:
                  mcfg.address, self.engine.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
                  box.depth)
         self._state = "ready"
-        self._commands = asyncio.get_running_loop().create_task(self._stream_commands(stub, gen))
+        self._start_stream_task(stub, gen)
         return stub
 
     async def _serve(self, stub: Any) -> None:
@@ -373,7 +418,7 @@ class ManagerLink:
         next_tls_check = time.monotonic() + TLS_CHECK_SECONDS
         while True:
             await self._send_statuses(stub)
-            more = await self._send_batch(stub)
+            more = await self._send_reports(stub)
             now = time.monotonic()
             if now >= next_heartbeat:
                 await self._heartbeat(stub)
@@ -392,12 +437,48 @@ class ManagerLink:
                 if (box.depth == 0 and box.status_count == 0 and not self._progress) \
                         or time.monotonic() >= self._deadline:
                     raise _Stopped()
+                if self._report_retry_at > time.monotonic():  # reports refused: retry until the deadline
+                    self._kicked.clear()
+                    await _wait(self._kicked, min(self._report_retry_at, self._deadline) - time.monotonic())
                 continue
             if more:  # catching up: pause between batches, but not for reports that keep coming
                 await _wait(self._stopping, self.cfg.manager.outbox.drain_interval)
             else:
-                await _wait(self._kicked, min(next_heartbeat, next_tls_check) - time.monotonic())
+                wake = min(next_heartbeat, next_tls_check)
+                if self._report_retry_at and self.outbox.depth:
+                    wake = min(wake, self._report_retry_at)
+                await _wait(self._kicked, wake - time.monotonic())
             self._kicked.clear()
+
+    async def _send_reports(self, stub: Any) -> bool:
+        """A batch of reports unless they are backing off; True when more are waiting. A refused or
+        unanswered ReportMetrics backs off (full jitter, capped) without leaving the connection."""
+        if self._report_retry_at and time.monotonic() < self._report_retry_at:
+            return False
+        try:
+            return await self._send_batch(stub)
+        except failures.answered_errors() + (ManagerReportError,) as exc:
+            if isinstance(exc, ManagerReportError):
+                err: Any = exc
+            else:
+                err = failures.describe_failure(exc, "report", self.cfg.manager, self.engine.node_id)
+            self._report_attempt += 1
+            mcfg = self.cfg.manager
+            cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(self._report_attempt - 1, 30))
+            self._report_retry_at = time.monotonic() + random.uniform(0, cap)
+            self._report_error = str(err)
+            self._report_log.error(str(err), err.code)
+            return False
+
+    def _reports_accepted(self) -> None:
+        """A ReportMetrics the Manager answered: the only thing that ends a report backoff."""
+        if self._report_attempt:
+            log.info("manager %s takes reports again after %d failed attempt(s)", self.cfg.manager.address,
+                     self._report_attempt)
+        self._report_attempt = 0
+        self._report_retry_at = 0.0
+        self._report_error = ""
+        self._report_log.reset()
 
     async def _send_statuses(self, stub: Any) -> None:
         self._phase = "status"
@@ -442,6 +523,7 @@ class ManagerLink:
             report.seq, report.node_id, report.outbox_dropped = seq, node_id, dropped
         ack = await stub.ReportMetrics(batch, timeout=self._call_timeout())
         self._contact()
+        self._reports_accepted()
         if ack.rejected_seqs:
             log.error("D2003 the manager refused report(s) %s for good: %s", list(ack.rejected_seqs),
                       ack.error, extra={"code": ManagerReportError.code})
@@ -464,7 +546,7 @@ class ManagerLink:
                 req.agent_status.CopyFrom(agent)
         resp = await stub.Heartbeat(req, timeout=self._call_timeout())
         self._contact()
-        self._heartbeat_override = resp.next_interval_ms / 1000.0 or self._heartbeat_override
+        self._heartbeat_override = resp.next_interval_ms / 1000.0  # 0: back to manager.heartbeat_interval
 
     def _heartbeat_interval(self) -> float:
         base = self._heartbeat_override or self.cfg.manager.heartbeat_interval
@@ -517,29 +599,73 @@ class ManagerLink:
 
     # --- the command stream -------------------------------------------------------------------------
 
+    def _start_stream_task(self, stub: DaemonServiceClient, gen: int) -> None:
+        """Run the command stream as a task; the supervisor below starts it again if it ever ends
+        while its connection is current, whatever the reason."""
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(self._stream_commands(stub, gen))
+        self._commands = task
+
+        def supervise(done: asyncio.Task[None]) -> None:
+            if done.cancelled() or self._stop.is_set() or gen != self._gen or self._stream_error is not None:
+                return
+            exc = done.exception()
+            log.error("D2001 the command stream task ended (%s); starting it again",
+                      f"{type(exc).__name__}: {exc}" if exc else "returned", extra={"code": "D2001"})
+            self._start_stream_task(stub, gen)
+
+        task.add_done_callback(supervise)
+
     async def _stream_commands(self, stub: DaemonServiceClient, gen: int) -> None:
+        """Receive commands until this connection ends. Every STREAM_SECONDS the stream is opened
+        anew; any other failure of the stream alone (a status from the Manager, a message that does
+        not parse) is logged with its code and the stream re-opened after a full-jitter backoff, on
+        the same connection. A lost connection is the sender's to handle: it reconnects."""
         import asyncio
 
         from daemon_app.proto import daemon_pb2 as pb
 
+        lost = failures.connection_errors()
+        attempt = 0
         while not self._stop.is_set() and gen == self._gen:
             try:
                 async with stub.Commands.open(timeout=STREAM_SECONDS) as stream:
                     await stream.send_message(pb.CommandStreamRequest(node_id=self.engine.node_id), end=True)
+                    self._stream_state, self._stream_opened_at = "open", time.time()
                     async for cmd in stream:
+                        attempt = 0
                         self._contact()
                         self._on_command(cmd)
             except asyncio.CancelledError:  # _close_channel: this connection is over
-                return
+                self._stream_state = "closed"
+                raise
             except asyncio.TimeoutError:  # noqa: UP041 - STREAM_SECONDS passed: open a fresh stream
+                self._stream_reopens += 1
                 continue
-            except Exception as exc:
-                if self._stop.is_set() or gen != self._gen or failures.is_cancelled(exc):
+            except lost as exc:
+                if self._stop.is_set() or gen != self._gen:
                     return
-                # Let the sender reconnect (with backoff): the Manager may be gone.
-                self._stream_error = exc
+                self._stream_state = "closed"
+                self._stream_error = exc  # the sender reconnects, with backoff: the Manager may be gone
                 self._wake()
                 return
+            except Exception as exc:
+                if self._stop.is_set() or gen != self._gen:
+                    return
+                err = failures.describe_stream_failure(exc, self.cfg.manager)
+                self._stream_last_error = str(err)
+                self._stream_log.error(f"{err}; re-opening the stream", err.code)
+            # A failure above, or the Manager ended the stream: open it again after a full-jitter
+            # pause that grows while no command arrives, so a Manager that keeps ending it is not
+            # hammered.
+            mcfg = self.cfg.manager
+            cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(attempt, 30))
+            attempt += 1
+            self._stream_state = "backoff"
+            await _wait(self._stopping, random.uniform(0, cap))
+            self._stream_reopens += 1
+        self._stream_state = "closed"
 
     def _on_command(self, cmd: Any) -> None:
         d = messages.command_to_dict(cmd)

@@ -1,0 +1,99 @@
+"""What a Manager built from the proto and docs may rely on: reports that survive the Manager's own
+storage outage while heartbeats go on, a command stream that heals, interval overrides that reset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemon_app.proto import daemon_pb2 as pb
+from tests.e2e.conftest import PYZ
+from tests.helpers import wait_until
+from tests.integration.manager.conftest import log_records
+
+
+def _contiguous(manager) -> list[int]:
+    with manager.lock:
+        return sorted(manager.reports)
+
+
+@pytest.mark.timeout(90)
+def test_reports_refused_for_10_s_then_accepted_no_gap_no_duplicate_and_heartbeats_go_on(
+        independent, run_daemon, tmp_path):
+    daemon = run_daemon(independent.address)
+    wait_until(lambda: len(independent.reports) >= 2, timeout=30, what="the first reports")
+    independent.refuse_reports_until = time.monotonic() + 10
+    beats_before = independent.heartbeat_count()
+    refused_from = time.monotonic()
+    wait_until(lambda: time.monotonic() - refused_from > 10, timeout=15, what="the outage")
+    with independent.lock:
+        beats = [t for t, _ in independent.heartbeats if t > refused_from]
+    # Heartbeats every second all through the Manager's outage: at most one late beat, no gap.
+    assert len(beats) >= 7, f"only {len(beats)} heartbeats in the 10 s outage"
+    gaps = [b - a for a, b in zip([refused_from] + beats, beats, strict=False)]
+    assert max(gaps) < 3.5, f"heartbeats stopped for {max(gaps):.1f} s"
+    assert independent.heartbeat_count() > beats_before
+    assert len(independent.registers) == 1, "the daemon left the connection and registered again"
+    wait_until(lambda: (s := _contiguous(independent)) and len(s) >= 30, timeout=30,
+               what="the backlog after the outage")
+    assert daemon.stop() == 0
+    seqs = _contiguous(independent)
+    assert seqs == list(range(1, len(seqs) + 1)), "a gap in the reports"
+    reports = [independent.reports[s] for s in seqs]
+    assert len({r.timestamp for r in reports}) == len(reports), "a report stored twice"
+    errors = [r for r in log_records(tmp_path / "d") if r.get("code") == "D2003" and r["level"] == "error"]
+    assert 1 <= len(errors) <= 2, f"the outage was logged {len(errors)} times, not once a minute"
+    assert "UNAVAILABLE: storage is down" in errors[0]["message"]
+
+
+@pytest.mark.timeout(60)
+def test_garbage_on_the_command_stream_is_logged_and_a_later_command_still_arrives(independent, run_daemon,
+                                                                                   tmp_path):
+    daemon = run_daemon(independent.address)
+    wait_until(lambda: independent.streams_opened >= 1, timeout=30, what="the command stream")
+    independent.push(b"\x0a\xff\xff\xff")  # a truncated protobuf: field 1 with a length past the end
+    wait_until(lambda: independent.streams_opened >= 2, timeout=15, what="the stream re-opened")
+    independent.push(pb.Command(id="after-garbage", agent=pb.AgentCommand(action="restart")))
+    logged = wait_until(lambda: [r for r in log_records(tmp_path / "d") if "after-garbage" in r["message"]],
+                        timeout=10, what="the valid command to be received")
+    assert logged
+    errors = [r for r in log_records(tmp_path / "d") if r.get("code") == "D2001" and r["level"] == "error"]
+    assert any("is not a daemon.v1.Command" in r["message"] and "re-opening" in r["message"]
+               for r in errors), errors
+    assert len(independent.registers) == 1
+    stream = _status(daemon)["manager"]["command_stream"]
+    assert stream["state"] == "open" and stream["reopens"] >= 1 and stream["opened_at"].endswith("Z")
+    assert "is not a daemon.v1.Command" in stream["last_error"]
+
+
+def _status(daemon) -> dict:
+    out = subprocess.run([sys.executable, str(PYZ), "-c", daemon.config_path, "status", "--format", "json"],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.timeout(60)
+def test_a_heartbeat_interval_override_and_its_reset_with_0(independent, run_daemon):
+    run_daemon(independent.address, heartbeat_interval="1s")
+    wait_until(lambda: independent.heartbeat_count() >= 2, timeout=30, what="heartbeats")
+    independent.next_interval_ms = 4000
+    wait_until(lambda: independent.heartbeat_count() >= 4, timeout=10, what="the override to be answered")
+    with independent.lock:
+        start = len(independent.heartbeats)
+    t0 = time.monotonic()
+    wait_until(lambda: independent.heartbeat_count() >= start + 2, timeout=20, what="two slow heartbeats")
+    slow = (time.monotonic() - t0) / 2
+    assert slow > 3.0, f"the 4 s override was not followed ({slow:.1f} s)"
+    independent.next_interval_ms = 0
+    wait_until(lambda: independent.heartbeat_count() >= start + 4, timeout=15, what="the reset")
+    with independent.lock:
+        count = len(independent.heartbeats)
+    t1 = time.monotonic()
+    wait_until(lambda: independent.heartbeat_count() >= count + 3, timeout=10, what="fast heartbeats again")
+    assert (time.monotonic() - t1) / 3 < 2.0, "0 did not restore the configured 1 s"
