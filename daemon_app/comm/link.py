@@ -95,6 +95,7 @@ class _ThreadPerCall(concurrent.futures.ThreadPoolExecutor):
 
 
 _HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
+_SELF_REPORTING = frozenset({"update", "rollback"})  # their handlers send every state, the end included
 
 
 class _RateLimitedLog:
@@ -275,12 +276,15 @@ class ManagerLink:
 
     def send_command_status(self, command_id: str, state: str, percent: float = 0.0, message: str = "",
                             result: dict[str, Any] | None = None) -> None:
-        """Report a command's progress (best effort) or its end (durable until the Manager acks it)."""
+        """Report a command's progress (best effort) or its end: durable until the Manager acks it,
+        recorded to answer a re-delivery, and only once per command (a second end is logged, not sent)."""
         if state not in messages.TERMINAL_STATES and state not in messages.PROGRESS_STATES:
             raise ValueError(f"unknown command state {state!r}")
         msg = messages.status_to_pb(self.engine.node_id, command_id, state, percent, message, result)
         if state in messages.TERMINAL_STATES:
-            self.outbox.put_status(command_id, msg.SerializeToString())
+            if not self.outbox.put_result(command_id, msg.SerializeToString()):
+                log.warning("command %s already ended; its later %r status is not sent", command_id, state)
+                return
         else:
             with self._progress_lock:
                 self._progress.append(msg)
@@ -668,13 +672,32 @@ class ManagerLink:
         self._stream_state = "closed"
 
     def _on_command(self, cmd: Any) -> None:
+        """Every command with an id ends in exactly one terminal status (docs/contract.md): rejected
+        when it cannot be run, failed when no handler takes it or the handler raises, completed for
+        an Agent command its supervisor took; updates and rollbacks report their own. A command id
+        seen before is not run again: its recorded status is sent again, or follows when it ends."""
         d = messages.command_to_dict(cmd)
         cid = d["id"]
-        if not cid or not d["type"]:
-            log.warning("manager sent a command without id or kind; ignored")
+        if not cid:
+            log.warning("D2003 the manager sent a command without an id (kind %r): it cannot be answered; "
+                        "ignored", d["type"], extra={"code": ManagerReportError.code})
             return
-        if not self.outbox.mark_seen(cid):
-            log.info("command %s was already received; not running it twice", cid)
+        box = self.outbox
+        if not box.mark_seen(cid):
+            body = box.result_of(cid)
+            if body is None:
+                log.info("command %s was already received and has not ended; its status will follow", cid)
+                return
+            log.info("command %s was already received and has ended; sending its status again", cid)
+            box.put_status(cid, body)
+            self._wake()
+            return
+        problem = messages.command_problem(d)
+        if problem:
+            log.warning("%s; rejected", problem, extra={"code": problem.split()[0]})
+            self.send_command_status(cid, "rejected", message=problem,
+                                     result={"success": False, "error": problem,
+                                             "component": d.get("component", "")})
             return
         log.info("command %s (%s) received from the manager", cid, d["type"])
 
@@ -690,5 +713,9 @@ class ManagerLink:
                 self.send_command_status(cid, "failed", message=f"{code} {error}",
                                          result={"success": False, "error": f"{code} {error}",
                                                  "component": d.get("component", "")})
+            elif d["type"] not in _SELF_REPORTING:
+                self.send_command_status(cid, "completed",
+                                         message=f"agent {d.get('action')}: taken by the supervisor",
+                                         result={"success": True, "component": "agent"})
 
         self.engine.post("call", dispatch)

@@ -13,7 +13,7 @@ from daemon_app.proto import daemon_pb2 as pb
 _AGENT_FIELDS = ("pid", "state", "version", "start_time", "cpu_percent", "memory_bytes", "restart_count",
                  "last_restart")
 _REPORT_FIELDS = ("node_id", "timestamp", "metrics", "agent_status", "logs")
-TERMINAL_STATES = frozenset({"completed", "rolled_back", "failed"})
+TERMINAL_STATES = frozenset({"completed", "rolled_back", "failed", "rejected"})
 PROGRESS_STATES = frozenset({"downloading", "verifying", "installing", "restarting", "watching"})
 
 
@@ -108,6 +108,23 @@ def command_to_dict(cmd: pb.Command) -> dict[str, Any]:
     if kind == "agent":
         return {"id": cmd.id, "type": "agent", "action": cmd.agent.action}
     return {"id": cmd.id, "type": kind or ""}
+
+
+COMMAND_KINDS = ("update", "rollback", "agent")
+AGENT_ACTIONS = ("start", "stop", "restart", "reset")
+
+
+def command_problem(d: dict[str, Any]) -> str:
+    """Why a command (command_to_dict's output) cannot be run at all, with its D-code; "" if it can.
+    Such a command is answered `rejected`."""
+    kind = d.get("type", "")
+    if kind not in COMMAND_KINDS:
+        what = f"kind {kind!r}" if kind else "no kind"
+        return f"D2003 command {d.get('id', '')} has {what}; this daemon runs {', '.join(COMMAND_KINDS)}"
+    if kind == "agent" and d.get("action") not in AGENT_ACTIONS:
+        return (f"D3001 agent command {d.get('id', '')}: unknown action {d.get('action', '')!r} "
+                f"(expected {', '.join(AGENT_ACTIONS)})")
+    return ""
 
 
 def command_from_dict(d: dict[str, Any]) -> pb.Command:

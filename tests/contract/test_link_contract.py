@@ -97,3 +97,40 @@ def test_a_heartbeat_interval_override_and_its_reset_with_0(independent, run_dae
     t1 = time.monotonic()
     wait_until(lambda: independent.heartbeat_count() >= count + 3, timeout=10, what="fast heartbeats again")
     assert (time.monotonic() - t1) / 3 < 2.0, "0 did not restore the configured 1 s"
+
+
+def _answers(manager, command_id: str) -> list[pb.CommandStatus]:
+    with manager.lock:
+        return [s for s in manager.statuses if s.command_id == command_id]
+
+
+@pytest.mark.timeout(60)
+def test_unknown_kind_unknown_action_and_a_resent_command_each_get_one_terminal_answer(
+        independent, run_daemon, tmp_path):
+    run_daemon(independent.address)
+    wait_until(lambda: independent.streams_opened >= 1, timeout=30, what="the command stream")
+    independent.push(pb.Command(id="no-kind"))
+    independent.push(pb.Command(id="bad-action", agent=pb.AgentCommand(action="dance")))
+    independent.push(pb.Command(id="no-agent", agent=pb.AgentCommand(action="restart")))
+    for cid in ("no-kind", "bad-action", "no-agent"):
+        wait_until(lambda cid=cid: _answers(independent, cid), timeout=15, what=f"an answer to {cid}")
+    assert [s.state for s in _answers(independent, "no-kind")] == ["rejected"]
+    assert _answers(independent, "no-kind")[0].message.startswith("D2003 command no-kind has no kind")
+    bad = _answers(independent, "bad-action")[0]
+    assert (bad.state, bad.result.success) == ("rejected", False)
+    assert bad.message.startswith("D3001 agent command bad-action: unknown action 'dance'")
+    # This daemon supervises no Agent: the command is answered failed, with the reason.
+    assert [s.state for s in _answers(independent, "no-agent")] == ["failed"]
+    assert "D3001 no handler for command type 'agent'" in _answers(independent, "no-agent")[0].message
+
+    # The Manager sends all three again, as one that missed the answers would on its next stream.
+    for cid in ("no-kind", "bad-action", "no-agent"):
+        independent.push(pb.Command(id=cid, agent=pb.AgentCommand(action="restart")))
+    for cid in ("no-kind", "bad-action", "no-agent"):
+        wait_until(lambda cid=cid: len(_answers(independent, cid)) == 2, timeout=15,
+                   what=f"{cid} answered again")
+        first, again = _answers(independent, cid)
+        assert again == first, "a resent command got a different answer"
+    records = log_records(tmp_path / "d")
+    assert sum("command no-agent (agent) received" in r["message"] for r in records) == 1, "run twice"
+    assert sum("has ended; sending its status again" in r["message"] for r in records) == 3
