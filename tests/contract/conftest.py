@@ -39,6 +39,7 @@ def run_daemon(pyz, shiv_root, pki_dir, tmp_path):  # noqa: F811
                     "reconnect_max": "1s", "timeout": "5s",
                     "tls": {"ca_file": str(pki_dir / "ca.crt"), "cert_file": str(pki_dir / "node-a.crt"),
                             "key_file": str(pki_dir / "node-a.key")}}
+        settings["tls"].update(manager.pop("tls", {}))  # type: ignore[attr-defined]
         settings.update(manager)
         cfg = base_config(work, daemon={"report_interval": "500ms"}, manager=settings)
         work.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from daemon_app.proto import daemon_pb2 as pb
+from daemon_manager import pki
 from tests.e2e.conftest import PYZ
 from tests.helpers import wait_until
 from tests.integration.manager.conftest import log_records
@@ -134,3 +135,33 @@ def test_unknown_kind_unknown_action_and_a_resent_command_each_get_one_terminal_
     records = log_records(tmp_path / "d")
     assert sum("command no-agent (agent) received" in r["message"] for r in records) == 1, "run twice"
     assert sum("has ended; sending its status again" in r["message"] for r in records) == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_certificate_from_another_ca_is_refused_with_d2001(independent, run_daemon, tmp_path):
+    other = tmp_path / "other-ca"
+    pki.init(other, [])
+    run_daemon(independent.address, tls={"ca_file": str(other / "ca.crt")})
+    error = wait_until(lambda: [r for r in log_records(tmp_path / "d") if r.get("code") == "D2001"],
+                       timeout=20, what="a D2001")[0]
+    assert error["message"].startswith(f"D2001 cannot connect to manager {independent.address}: "
+                                       "the Manager's certificate was refused: unable to get local issuer "
+                                       "certificate")
+    assert independent.registers == []
+
+
+@pytest.mark.timeout(60)
+def test_a_client_certificate_the_manager_refuses_is_one_d2001_that_says_so(independent, run_daemon,
+                                                                           tmp_path):
+    other = tmp_path / "other-ca"
+    pki.init(other, ["node-a"])
+    run_daemon(independent.address, tls={"cert_file": str(other / "node-a.crt"),
+                                         "key_file": str(other / "node-a.key")})
+    error = wait_until(lambda: [r for r in log_records(tmp_path / "d") if r.get("code") == "D2001"],
+                       timeout=20, what="a D2001")[0]
+    assert "refused this daemon's client certificate (manager.tls.cert_file" in error["message"]
+    t0 = time.monotonic()  # reconnects every 0.2-1 s: let several attempts fail
+    wait_until(lambda: time.monotonic() - t0 > 4, timeout=10, what="more attempts")
+    logged = [r for r in log_records(tmp_path / "d") if r.get("code") == "D2001" and r["level"] == "error"]
+    assert len(logged) == 1, "the refusal is logged once, then rate-limited"
+    assert independent.registers == []
