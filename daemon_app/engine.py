@@ -64,8 +64,19 @@ class Service(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+MANAGER_NODE_ID_FILE = "node_id.manager"
+
+
 def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
-    """`daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
+    """The id the Manager assigned (kept in <work_dir>/node_id.manager, seed §3.5.1), else
+    `daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
+    try:
+        with open(os.path.join(work_dir, MANAGER_NODE_ID_FILE), encoding="utf-8") as fh:
+            assigned = fh.read().strip()
+        if assigned:
+            return assigned
+    except FileNotFoundError:
+        pass
     if configured:
         return configured
     path = os.path.join(work_dir, "node_id")
@@ -79,6 +90,12 @@ def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
     node_id = str(uuid.uuid4())
     write_atomic(path, node_id + "\n")
     return node_id
+
+
+def keep_manager_node_id(work_dir: str, node_id: str) -> None:
+    """Persist the id the Manager assigned: it wins from the next start on (the daemon's own stays
+    in <work_dir>/node_id, unused while this file exists)."""
+    write_atomic(os.path.join(work_dir, MANAGER_NODE_ID_FILE), node_id + "\n")
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:

@@ -403,6 +403,7 @@ class ManagerLink:
         info = messages.node_info(self.engine.node_id, self.cfg, agent_version, rfc3339())
         resp = await stub.Register(pb.RegisterRequest(node=info), timeout=self._call_timeout())
         self._contact()
+        self._adopt_node_id(resp.node_id)
         self._registered = True
         self._heartbeat_override = resp.heartbeat_interval_ms / 1000.0
         box = self.outbox
@@ -415,6 +416,25 @@ class ManagerLink:
         self._state = "ready"
         self._start_stream_task(stub, gen)
         return stub
+
+    def _adopt_node_id(self, assigned: str) -> None:
+        """A non-empty RegisterResponse.node_id is this node's id from now on (seed §3.5.1), kept
+        across restarts. Everything sent later carries it, reports and command statuses queued
+        before included (the id is set when they are sent); an empty one keeps the current id."""
+        from daemon_app.engine import keep_manager_node_id
+
+        current = self.engine.node_id
+        if not assigned or assigned == current:
+            return
+        problem = messages.node_id_problem(assigned)
+        if problem:
+            log.error("D2002 manager %s assigned node id %s; keeping %s", self.cfg.manager.address, problem,
+                      current, extra={"code": ManagerRegisterError.code})
+            return
+        keep_manager_node_id(self.cfg.daemon.work_dir, assigned)
+        self.engine.node_id = assigned
+        log.warning("the manager assigned this node the id %s (was %s); it is kept in %s/node_id.manager",
+                    assigned, current, self.cfg.daemon.work_dir)
 
     async def _serve(self, stub: Any) -> None:
         """Send statuses, report batches and heartbeats until the connection fails or we stop."""
@@ -491,6 +511,7 @@ class ManagerLink:
                 if not self._progress:
                     break
                 msg = self._progress[0]
+            msg.node_id = self.engine.node_id  # the Manager may have assigned another since
             await stub.ReportCommandStatus(msg, timeout=self._call_timeout())
             self._contact()
             with self._progress_lock:
@@ -501,7 +522,9 @@ class ManagerLink:
         from daemon_app.proto import daemon_pb2 as pb
 
         for status_id, body in self.outbox.pending_statuses():
-            await stub.ReportCommandStatus(pb.CommandStatus.FromString(body), timeout=self._call_timeout())
+            status = pb.CommandStatus.FromString(body)
+            status.node_id = self.engine.node_id
+            await stub.ReportCommandStatus(status, timeout=self._call_timeout())
             self._contact()
             self.outbox.remove_status(status_id)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 from typing import Any
 
@@ -108,6 +109,17 @@ def command_to_dict(cmd: pb.Command) -> dict[str, Any]:
     if kind == "agent":
         return {"id": cmd.id, "type": "agent", "action": cmd.agent.action}
     return {"id": cmd.id, "type": kind or ""}
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def node_id_problem(node_id: str) -> str:
+    """Why a node id from the Manager cannot be used ("" when it can): 1-128 characters of letters,
+    digits and . _ : @ -, starting with a letter or digit (it names files and log lines)."""
+    if _NODE_ID.fullmatch(node_id):
+        return ""
+    return f"{node_id[:40]!r} is not 1-128 characters of letters, digits and . _ : @ -"
 
 
 COMMAND_KINDS = ("update", "rollback", "agent")

@@ -165,3 +165,37 @@ def test_a_client_certificate_the_manager_refuses_is_one_d2001_that_says_so(inde
     logged = [r for r in log_records(tmp_path / "d") if r.get("code") == "D2001" and r["level"] == "error"]
     assert len(logged) == 1, "the refusal is logged once, then rate-limited"
     assert independent.registers == []
+
+
+@pytest.mark.timeout(90)
+def test_a_node_id_the_manager_assigns_is_adopted_for_everything_and_kept_across_a_restart(
+        independent, run_daemon, tmp_path):
+    independent.node_id = "assigned-7"
+    independent.refuse_reports_until = time.monotonic() + 3  # reports built before it was assigned
+    daemon = run_daemon(independent.address)
+    wait_until(lambda: len(independent.reports) >= 6, timeout=30, what="reports")
+    own = (tmp_path / "d" / "node_id").read_text().strip()
+    assert independent.registers[0].node.node_id == own != "assigned-7"
+    with independent.lock:
+        assert {r.node_id for r in independent.reports.values()} == {"assigned-7"}
+        assert min(independent.reports) == 1, "the reports queued before the assignment are not all there"
+        assert {h.node_id for _, h in independent.heartbeats[-2:]} == {"assigned-7"}
+    assert (tmp_path / "d" / "node_id.manager").read_text().strip() == "assigned-7"
+    assert daemon.stop() == 0
+    run_daemon(independent.address)
+    wait_until(lambda: len(independent.registers) >= 2, timeout=30, what="the second registration")
+    assert independent.registers[1].node.node_id == "assigned-7"
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_assigned_node_id_is_refused_with_d2002_and_the_own_id_kept(independent, run_daemon,
+                                                                               tmp_path):
+    independent.node_id = "../../etc/passwd"
+    run_daemon(independent.address)
+    wait_until(lambda: len(independent.reports) >= 2, timeout=30, what="reports")
+    own = (tmp_path / "d" / "node_id").read_text().strip()
+    with independent.lock:
+        assert {r.node_id for r in independent.reports.values()} == {own}
+    assert not (tmp_path / "d" / "node_id.manager").exists()
+    assert any(r.get("code") == "D2002" and "'../../etc/passwd' is not 1-128 characters" in r["message"]
+               for r in log_records(tmp_path / "d"))
