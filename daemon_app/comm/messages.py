@@ -33,13 +33,24 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+_SEED_STATUS = {"STARTING": "running", "RUNNING": "running", "STOPPING": "running", "STOPPED": "stopped",
+                "BACKOFF": "stopped", "EXITED": "stopped", "FATAL": "stopped"}
+
+
+def seed_status(state: str) -> str:
+    """The seed's running / stopped / unknown (§4.2) for a supervisor state name."""
+    return _SEED_STATUS.get(state.upper(), "unknown")
+
+
 def agent_status_to_pb(status: dict[str, Any] | None) -> pb.AgentStatus | None:
     if not status:
         return None
     extra = {k: v for k, v in status.items() if k not in _AGENT_FIELDS and k != "status"}
+    state = str(status.get("state") or status.get("status") or "")
     return pb.AgentStatus(
         pid=int(status.get("pid") or 0),
-        state=str(status.get("state") or status.get("status") or ""),
+        state=state,
+        status=seed_status(state),
         version=str(status.get("version") or ""),
         start_time=_text(status.get("start_time")),
         cpu_percent=float(status.get("cpu_percent") or 0.0),
@@ -52,6 +63,7 @@ def agent_status_to_pb(status: dict[str, Any] | None) -> pb.AgentStatus | None:
 
 def agent_status_from_pb(msg: pb.AgentStatus) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(msg, name) for name in _AGENT_FIELDS}
+    out["status"] = msg.status or seed_status(msg.state)
     if msg.extra_json:
         out.update(json.loads(msg.extra_json))
     return out
