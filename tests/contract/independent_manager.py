@@ -31,6 +31,9 @@ class IndependentManager:
         self.refuse_reports_until = 0.0  # monotonic: ReportMetrics answers UNAVAILABLE before it
         self.next_interval_ms: int = 0  # HeartbeatResponse.next_interval_ms
         self.node_id = ""  # RegisterResponse.node_id
+        self.ack_at_most = 0  # >0: ack only this many reports of each batch (a partial ack)
+        self.batch_sizes: list[int] = []
+        self._stream_generation = 0  # end_streams() bumps it: every open stream ends
         self._stream_queues: list[queue.Queue[bytes]] = []  # one per Commands stream, newest last
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="independent"))
         handlers = {
@@ -60,6 +63,11 @@ class IndependentManager:
             target = self._stream_queues[-1]
         target.put(item.SerializeToString() if isinstance(item, pb.Command) else item)
 
+    def end_streams(self) -> None:
+        """End every open Commands stream (OK status), as a Manager restarting its stream side would."""
+        with self.lock:
+            self._stream_generation += 1
+
     def heartbeat_count(self) -> int:
         with self.lock:
             return len(self.heartbeats)
@@ -85,7 +93,9 @@ class IndependentManager:
         if time.monotonic() < self.refuse_reports_until:
             context.abort(grpc.StatusCode.UNAVAILABLE, "storage is down")
         with self.lock:
-            for report in batch.reports:
+            self.batch_sizes.append(len(batch.reports))
+            taken = batch.reports[:self.ack_at_most] if self.ack_at_most else batch.reports
+            for report in taken:
                 self.reports[report.seq] = report
             acked = max(self.reports, default=0)
         return pb.ReportAck(acked_seq=acked).SerializeToString()
@@ -100,7 +110,8 @@ class IndependentManager:
         with self.lock:
             self.streams_opened += 1
             self._stream_queues.append(mine)
-        while context.is_active():
+            generation = self._stream_generation
+        while context.is_active() and generation == self._stream_generation:
             try:
                 yield mine.get(timeout=0.1)
             except queue.Empty:

@@ -124,7 +124,11 @@ def test_unknown_kind_unknown_action_and_a_resent_command_each_get_one_terminal_
     assert [s.state for s in _answers(independent, "no-agent")] == ["failed"]
     assert "D3001 no handler for command type 'agent'" in _answers(independent, "no-agent")[0].message
 
-    # The Manager sends all three again, as one that missed the answers would on its next stream.
+    # The Manager ends the stream and sends all three again on the next one, as one that missed the
+    # answers would.
+    opened = independent.streams_opened
+    independent.end_streams()
+    wait_until(lambda: independent.streams_opened > opened, timeout=15, what="a new command stream")
     for cid in ("no-kind", "bad-action", "no-agent"):
         independent.push(pb.Command(id=cid, agent=pb.AgentCommand(action="restart")))
     for cid in ("no-kind", "bad-action", "no-agent"):
@@ -199,3 +203,17 @@ def test_a_malformed_assigned_node_id_is_refused_with_d2002_and_the_own_id_kept(
     assert not (tmp_path / "d" / "node_id.manager").exists()
     assert any(r.get("code") == "D2002" and "'../../etc/passwd' is not 1-128 characters" in r["message"]
                for r in log_records(tmp_path / "d"))
+
+
+@pytest.mark.timeout(60)
+def test_a_partial_ack_gets_the_rest_resent_without_gap_or_duplicate(independent, run_daemon):
+    independent.refuse_reports_until = time.monotonic() + 4  # a backlog, so batches hold several reports
+    independent.ack_at_most = 2
+    daemon = run_daemon(independent.address)
+    wait_until(lambda: len(independent.reports) >= 16, timeout=40, what="reports acked two at a time")
+    assert daemon.stop() == 0
+    seqs = _contiguous(independent)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert max(independent.batch_sizes) > 2, "no batch was larger than the ack: nothing was partial"
+    reports = [independent.reports[s] for s in seqs]
+    assert len({r.timestamp for r in reports}) == len(reports)
