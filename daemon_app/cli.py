@@ -446,6 +446,9 @@ def format_status(s: dict[str, Any], asked: str = "") -> str:
     lines.append(f"  update     {json.dumps(u) if u else 'none in progress'}")
     if s.get("in_flight"):
         lines.append(f"  in flight  {', '.join(s['in_flight'])}")
+    t = s.get("threads")
+    if t:
+        lines.append(f"  threads    {t['count']} ({', '.join(x['name'] for x in t['threads'])})")
     return "\n".join(lines)
 
 

@@ -245,6 +245,8 @@ class Field:
                 raise ValueError(f"must be a string, got {excerpt(value)}")
             out = value
         elif kind == "choice":
+            if isinstance(value, float) and str(value) in self.choices:  # YAML reads 1.2 as a number
+                value = str(value)
             if value not in self.choices:
                 raise ValueError(f"must be one of {', '.join(self.choices)}, got {excerpt(value)}")
             out = value
@@ -319,6 +321,8 @@ SCHEMA: dict[str, Any] = {
             "cert_file": Field("certs/client.crt", "str", under_work_dir=True),
             "key_file": Field("certs/client.key", "str", under_work_dir=True),
             "ca_file": Field("certs/ca.crt", "str", under_work_dir=True),
+            "min_version": Field("1.3", "choice", choices=("1.3", "1.2"),
+                                 help="oldest TLS version the link accepts; 1.2 only for an old Manager"),
         },
         "heartbeat_interval": Field("60s", "duration", minimum=0.1),
         "reconnect_interval": Field("10s", "duration", minimum=0.01),
@@ -326,7 +330,8 @@ SCHEMA: dict[str, Any] = {
         "timeout": Field("30s", "duration", minimum=0.01),
         "jitter": Field(0.1, "float", minimum=0.0, maximum=0.5, help="fraction added to intervals"),
         "keepalive_time": Field("60s", "duration", minimum=1.0,
-                                help="gRPC keepalive ping interval (the seed's 10s costs ~0.03 % idle CPU)"),
+                                help="HTTP/2 PING interval: a Manager that vanished is noticed within "
+                                "keepalive_time + keepalive_timeout"),
         "keepalive_timeout": Field("3s", "duration", minimum=0.1, help="a ping unanswered this long drops "
                                    "the connection"),
         "outbox": {

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon_app import __version__, logs
+from daemon_app import __version__, logs, threads
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
@@ -64,8 +64,19 @@ class Service(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+MANAGER_NODE_ID_FILE = "node_id.manager"
+
+
 def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
-    """`daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
+    """The id the Manager assigned (kept in <work_dir>/node_id.manager, seed §3.5.1), else
+    `daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
+    try:
+        with open(os.path.join(work_dir, MANAGER_NODE_ID_FILE), encoding="utf-8") as fh:
+            assigned = fh.read().strip()
+        if assigned:
+            return assigned
+    except FileNotFoundError:
+        pass
     if configured:
         return configured
     path = os.path.join(work_dir, "node_id")
@@ -79,6 +90,12 @@ def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
     node_id = str(uuid.uuid4())
     write_atomic(path, node_id + "\n")
     return node_id
+
+
+def keep_manager_node_id(work_dir: str, node_id: str) -> None:
+    """Persist the id the Manager assigned: it wins from the next start on (the daemon's own stays
+    in <work_dir>/node_id, unused while this file exists)."""
+    write_atomic(os.path.join(work_dir, MANAGER_NODE_ID_FILE), node_id + "\n")
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
@@ -769,6 +786,7 @@ class Engine:
             "last_report": rfc3339(self.last_report) if self.last_report else None,
             "reports_built": self.reports_built,
             "in_flight": self.work.active(),
+            "threads": threads.snapshot(),
         }
         for name, provider in list(self.status_providers.items()):
             if out.get(name) is None:

@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS statuses (id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL,
                                      body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_commands (command_id TEXT PRIMARY KEY, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS command_results (command_id TEXT PRIMARY KEY, body BLOB NOT NULL,
+                                            ended_at REAL NOT NULL);
 """
 SEEN_COMMANDS_KEPT = 1000
 
@@ -179,6 +181,28 @@ class Outbox:
             cur = self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)", (command_id, body))
             self._statuses += 1
             return int(cur.lastrowid or 0)
+
+    def put_result(self, command_id: str, body: bytes) -> bool:
+        """Record a command's one terminal status and queue it for the Manager. False, and nothing
+        queued, when the command already has one: a command ends exactly once."""
+        with self._write():
+            cur = self._db.execute("INSERT OR IGNORE INTO command_results(command_id, body, ended_at) "
+                                   "VALUES (?, ?, ?)", (command_id, body, time.time()))
+            if not cur.rowcount:
+                return False
+            self._db.execute("DELETE FROM command_results WHERE command_id NOT IN (SELECT command_id FROM "
+                             "command_results ORDER BY ended_at DESC LIMIT ?)", (SEEN_COMMANDS_KEPT,))
+            self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)", (command_id, body))
+            self._statuses += 1
+            return True
+
+    def result_of(self, command_id: str) -> bytes | None:
+        """The terminal status recorded for `command_id`, if it has ended (and is among the last
+        SEEN_COMMANDS_KEPT to end)."""
+        with self._lock:
+            row = self._db.execute("SELECT body FROM command_results WHERE command_id = ?",
+                                   (command_id,)).fetchone()
+        return bytes(row[0]) if row else None
 
     @property
     def status_count(self) -> int:
