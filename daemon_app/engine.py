@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon_app import __version__, logs
+from daemon_app import __version__, fsutil, logs
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
@@ -82,20 +82,8 @@ def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Same-directory temp file, fsync, rename: a reader sees the old or the new file, never half."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """fsutil.write_atomic for text: a reader sees the old or the new file, never half."""
+    fsutil.write_atomic(path, text.encode(), mode)
 
 
 class InstanceLock:
@@ -114,7 +102,8 @@ class InstanceLock:
         for path, setting in self.paths:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # A pid file planted as a symlink would have us truncate its target.
+                fd = fsutil.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 self.release()
                 raise ConfigValidateError([f"{setting}: cannot open {path}: {exc.strerror or exc}"]) from None
@@ -314,7 +303,9 @@ class Engine:
         self._thread_ident = threading.get_ident()
         work_dir = self.cfg.daemon.work_dir
         try:
-            os.makedirs(work_dir, mode=0o750, exist_ok=True)
+            fsutil.private_dir(work_dir, 0o750, tighten=False)
+        except fsutil.UnsafePathError as exc:
+            raise ConfigValidateError([f"daemon.work_dir: {exc}"]) from None
         except OSError as exc:
             raise ConfigValidateError([f"daemon.work_dir: cannot create {work_dir}: {exc.strerror}"]) \
                 from None

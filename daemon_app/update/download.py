@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon_app.update import fsutil
+from daemon_app import fsutil
 from daemon_app.update.errors import (
     DownloadFailedError,
     DownloadTooLargeError,
     SlowRetrievalError,
     SourceFileError,
 )
+from daemon_app.update.state import private_dir
 
 CHUNK = 256 * 1024
 PREFIX = "pkg-"
@@ -37,7 +38,11 @@ class DownloadSettings:
 
 
 def new_package_file(download_dir: str) -> tuple[int, str]:
-    fsutil.make_private_dir(download_dir)
+    try:
+        private_dir(download_dir, "update.download_dir")
+    except OSError as exc:
+        raise DownloadFailedError(f"update.download_dir: cannot create {download_dir}: "
+                                  f"{exc.strerror or exc}") from exc
     fd, path = tempfile.mkstemp(prefix=PREFIX, suffix=".part", dir=download_dir)
     os.fchmod(fd, 0o600)
     return fd, path

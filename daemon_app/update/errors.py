@@ -95,6 +95,11 @@ class HealthCheckError(UpdateApplyError):
     """The new version did not prove healthy in time; the previous one was restored."""
 
 
+class UnsafePathRefusedError(UpdateApplyError):
+    """A directory or file the update writes (work_dir/update, download_dir, backup_dir, the journal,
+    the lock) is a symlink, not the daemon's, or group/world-writable: nothing is written there."""
+
+
 class SelfUpdateUnavailableError(UpdateApplyError):
     """The daemon cannot replace itself (not running from a pyz and `update.daemon_path` empty)."""
 

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from daemon_app import fsutil
 from daemon_app.errors import DaemonError
-from daemon_app.update import download, fsutil, install
+from daemon_app.update import download, install
 from daemon_app.update.errors import (
     ComponentMismatchError,
     ExpiredManifestError,
@@ -44,6 +45,7 @@ from daemon_app.update.errors import (
     NoBackupError,
     RollbackFailedError,
     SourceFileError,
+    UnsafePathRefusedError,
     UpdateInProgressError,
     UpdateVetoedError,
     VersionRollbackError,
@@ -159,7 +161,10 @@ class UpdateLock:
         if not self._thread_lock.acquire(blocking=False):
             raise UpdateInProgressError(f"another update is in progress ({self._holder()})")
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = fsutil.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except fsutil.UnsafePathError as exc:
+                raise UnsafePathRefusedError(f"update lock: {exc}") from None
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -519,8 +524,13 @@ class Updater:
     def _clean_downloads(self) -> None:
         directory = self.cfg.update.download_dir
         try:
+            fsutil.check_dir(directory)  # never unlink anything behind a planted symlink
             names = os.listdir(directory)
         except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("%s update.download_dir: %s; leftover downloads not cleaned",
+                      UnsafePathRefusedError.code, exc, extra={"code": UnsafePathRefusedError.code})
             return
         for name in names:
             if name.startswith(download.PREFIX):

@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from daemon_app.update import fsutil, install
+from daemon_app import fsutil
+from daemon_app.update import install
 from daemon_app.update.errors import InstallError, SelfUpdateUnavailableError
-from daemon_app.update.state import Journal, UpdateState, update_dir
+from daemon_app.update.state import Journal, UpdateState, read_json, update_dir
 from daemon_app.update.targets import FileTarget, InstallContext
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,18 @@ def read():
         return None
 
 
+def create(path):
+    """A new file, never through a symlink planted at that name."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
 def write(data):
     tmp = MARKER + ".watcher.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(create(tmp), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
@@ -93,7 +103,7 @@ def restore(m):
     target, backup = m["target"], m["backup"]
     directory = os.path.dirname(target)
     tmp = os.path.join(directory, "." + os.path.basename(target) + ".update-watcher.tmp")
-    with open(backup, "rb") as src, open(tmp, "wb") as dst:
+    with open(backup, "rb") as src, open(create(tmp), "wb") as dst:
         while True:
             chunk = src.read(1 << 20)
             if not chunk:
@@ -154,7 +164,8 @@ def main():
         if dead or late:
             break
         time.sleep(0.1)
-    with open(MARKER + ".lock", "a") as lock:
+    with open(os.open(MARKER + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600),
+              "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         m = read()
         if not m or m.get("status") != "pending":
@@ -185,13 +196,14 @@ def marker_path(work_dir: str) -> str:
 
 
 def read_marker(work_dir: str) -> dict[str, Any] | None:
-    data = fsutil.read_json(marker_path(work_dir))
+    data = read_json(marker_path(work_dir))
     return data if isinstance(data, dict) else None
 
 
 @contextmanager
 def _marker_lock(work_dir: str) -> Iterator[None]:
-    with open(marker_path(work_dir) + ".lock", "a") as fh:
+    fd = fsutil.open_nofollow(marker_path(work_dir) + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(fd, "ab") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
@@ -209,7 +221,8 @@ def start_watcher(work_dir: str) -> int:
     directory = update_dir(work_dir)
     script = os.path.join(directory, "watcher.py")
     fsutil.write_atomic(script, WATCHER_SOURCE.encode(), 0o600)
-    log_file = open(os.path.join(directory, "watcher.log"), "ab")
+    log_file = os.fdopen(fsutil.open_nofollow(os.path.join(directory, "watcher.log"),
+                                              os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
     with log_file:
         proc = subprocess.Popen([sys.executable, "-I", script, marker_path(work_dir)], start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd="/",
