@@ -156,12 +156,9 @@ class Outbox:
             unsaved = self._unsaved_drops
             if unsaved:
                 self._set_meta("dropped", self._meta("dropped") + unsaved)
-                self._unsaved_drops -= unsaved
-            try:
-                seq = self._enqueue_in(body, size)
-            except BaseException:
-                self._unsaved_drops += unsaved
-                raise
+            seq = self._enqueue_in(body, size)
+        # Committed (a failed commit raised above and reloaded the persisted count).
+        self._unsaved_drops -= unsaved
         if unsaved:
             log.warning("outbox %s is writable again; %d report(s) were dropped while it was not (%s)",
                         self.path, unsaved, self.drop_reason, extra={"code": ManagerReportError.code})
