@@ -107,16 +107,6 @@ class UpdateRequest:
                 raise MalformedManifestError(f"manifest: cannot read {path}: {exc.strerror or exc}") from exc
         return cls(component, parts[0], parts[1], url=url, file=file, id=id)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UpdateRequest:
-        """A Manager command or control-socket request: manifest and signature as text."""
-        def text(key: str) -> bytes:
-            value = data.get(key, "")
-            return value.encode() if isinstance(value, str) else bytes(value)
-
-        return cls(str(data.get("component", "")), text("manifest"), text("signature"),
-                   url=str(data.get("url", "")), file=str(data.get("file", "")), id=str(data.get("id", "")))
-
     def describe(self) -> dict[str, Any]:
         return {"component": self.component, "url": self.url, "file": self.file, "id": self.id}
 
@@ -590,7 +580,7 @@ def _peek_version(raw: bytes) -> str:
     try:
         value = json.loads(raw).get("version", "")
         return value if isinstance(value, str) and len(value) < 64 else ""
-    except (ValueError, AttributeError):
+    except Exception:  # unverified bytes from anyone: ValueError, RecursionError, AttributeError...
         return ""
 
 
