@@ -19,6 +19,7 @@ from daemon_app.update.errors import (
     DownloadTooLargeError,
     SlowRetrievalError,
     SourceFileError,
+    as_daemon_error,
 )
 from daemon_app.update.state import private_dir
 
@@ -85,6 +86,9 @@ def fetch(url: str, download_dir: str, size: int, settings: DownloadSettings, pr
                 _copy_body(resp, out, url, size, settings, started, progress)
             out.flush()
             os.fsync(out.fileno())
+    except OSError as exc:  # writing it: the disk filled up under download_dir
+        fsutil.unlink_quietly(path)
+        raise as_daemon_error(exc, path) from exc
     except BaseException:
         fsutil.unlink_quietly(path)
         raise
@@ -142,6 +146,9 @@ def copy_local(src: str, download_dir: str, size: int, progress: Progress) -> st
                     progress(received)
             out.flush()
             os.fsync(out.fileno())
+    except OSError as exc:
+        fsutil.unlink_quietly(path)
+        raise as_daemon_error(exc, path) from exc
     except BaseException:
         fsutil.unlink_quietly(path)
         raise

@@ -49,6 +49,7 @@ from daemon_app.update.errors import (
     UpdateInProgressError,
     UpdateVetoedError,
     VersionRollbackError,
+    as_daemon_error,
 )
 from daemon_app.update.manifest import (
     MANIFEST_NAME,
@@ -228,7 +229,8 @@ class Updater:
                 result.message = self._update(request, target, result, report)
             result.success = True
             report(COMPLETED, 100.0, result.message)
-        except DaemonError as exc:
+        except (DaemonError, OSError) as caught:
+            exc = as_daemon_error(caught)
             result.error = str(exc)
             result.rolled_back = isinstance(exc, HealthCheckError)
             log.error("update of %s to %s failed: %s", request.component, result.new_version or "?", exc,
@@ -397,15 +399,27 @@ class Updater:
                 install.swap(package, target.path)
             except OSError as exc:
                 raise InstallError(f"install: cannot replace {target.path}: {exc}") from exc
-            journal.write("swapped")
+            try:
+                journal.write("swapped")
+            except OSError as exc:
+                # Unjournaled, a crash now would leave the new file unproven and unrecoverable: undo.
+                self._restore(target.path, backup)
+                raise InstallError(f"install: cannot record the swap in {journal.path}: {exc}; "
+                                   f"{target.path} restored") from exc
             _crash_point("after_swap")
 
         def restore() -> None:
             self._restore(target.path, backup)
 
+        def mark_verifying() -> None:
+            try:
+                journal.write("verifying")
+            except OSError as exc:  # "swapped" is on disk, and recovery treats both phases alike
+                log.warning("update journal: cannot record 'verifying': %s", exc,
+                            extra={"code": InstallError.code})
+
         return InstallContext(manifest.component, manifest.version, installed or None, manifest.sha256,
-                              backup, self.cfg.update.verify_timeout, swap, restore,
-                              lambda: journal.write("verifying"), report)
+                              backup, self.cfg.update.verify_timeout, swap, restore, mark_verifying, report)
 
     def _restore(self, path: str, backup: str | None) -> None:
         try:
@@ -562,7 +576,8 @@ class Updater:
             result.message = (f"{component} rolled back from {result.old_version or '?'} "
                               f"to {result.new_version or '?'}")
             report(COMPLETED, 100.0, result.message)
-        except DaemonError as exc:
+        except (DaemonError, OSError) as caught:
+            exc = as_daemon_error(caught)
             result.error = str(exc)
             log.error("rollback of %s failed: %s", component, exc, extra={"code": exc.code})
             report(FAILED, 0.0, str(exc))
