@@ -21,7 +21,8 @@ import tempfile
 from typing import Any
 
 CHUNK = 1024 * 1024
-_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted where a file is expected must not hang open(); no effect on files.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class UnsafePathError(OSError):

@@ -51,7 +51,8 @@ class Manifest:
         if len(raw) > MAX_MANIFEST_BYTES:
             raise MalformedManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                              parse_constant=_no_constant)
         except RecursionError:  # json has no depth limit of its own: `[[[[...` under the size cap
             raise MalformedManifestError("manifest: not a JSON document: nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
@@ -85,6 +86,20 @@ class Manifest:
     def to_bytes(self) -> bytes:
         """The canonical file content the release tool signs (sorted keys, one trailing newline)."""
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Two `version` keys would let a reviewer's viewer show one and the daemon use the other."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_short(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _short(value: Any) -> str:

@@ -129,3 +129,11 @@ def test_a_backup_planted_as_symlink_is_never_restored(env, tmp_path) -> None:
     result = env.updater().rollback("agent", env.progress)
     assert result.error.startswith("D4004 rollback: no backup of agent"), result.error
     assert (env.work / "bin" / "agent").read_bytes() == agent
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_planted_as_the_journal_is_refused_without_hanging(env) -> None:
+    journal = env.work / "update" / "journal.json"
+    os.mkfifo(journal)
+    result = env.updater().run(env.request(env.release("2.0.0")), env.progress)
+    assert result.error.startswith(f"D4003 update state: {journal}: is not a regular file"), result.error

@@ -192,3 +192,14 @@ def test_control_requests_decode_or_raise_d1004(args, kind) -> None:
         assert str(exc).startswith(f"D1004 {kind}: ")
         return
     assert request.component in ("agent", "daemon") and request.id == "local-1"
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"component": "agent", "version": "1.0.0", "version": "9.0.0", "sha256": "' + b"a" * 64
+    + b'", "size": 1, "expires": "2099-01-01T00:00:00Z"}',
+    b'{"component": "agent", "version": "1.0.0", "sha256": "' + b"a" * 64
+    + b'", "size": NaN, "expires": "2099-01-01T00:00:00Z"}',
+])
+def test_manifest_with_duplicate_keys_or_non_json_constants_is_d4002(raw: bytes) -> None:
+    with pytest.raises(MalformedManifestError, match="^D4002 manifest: not a JSON document: "):
+        Manifest.parse(raw)
