@@ -98,3 +98,17 @@ def test_plugin_directory_others_can_write_is_not_loaded(ops_dir, caplog) -> Non
     os.chmod(ops_dir / "plugins", 0o755)
     plugins.load_directory(cfg)
     assert "planted" in plugins.info  # the same directory, once it is the daemon's own, loads
+
+
+def test_control_socket_in_a_directory_others_can_write_is_refused(ops_dir) -> None:
+    shared = ops_dir / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    work = ops_dir / "w"
+    work.mkdir()
+    res = cli("-c", write(ops_dir, stand_alone(work, daemon={"control_socket": str(shared / "c.sock")})),
+              "run")
+    assert res.returncode == 2, res.stderr
+    assert f"D1002 config: daemon.control_socket: {shared}: writable by group or others (mode 0777)" \
+        in res.stderr
+    assert os.listdir(shared) == []
