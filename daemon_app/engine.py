@@ -70,12 +70,15 @@ def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
         return configured
     path = os.path.join(work_dir, "node_id")
     try:
-        with open(path, encoding="utf-8") as fh:
-            node_id = fh.read().strip()
+        # Not through a planted symlink: whatever it points at would be sent to the Manager as our id.
+        with os.fdopen(fsutil.open_nofollow(path, os.O_RDONLY), "rb") as fh:
+            node_id = fh.read(256).decode("utf-8", errors="replace").strip()
         if node_id:
             return node_id
     except FileNotFoundError:
         pass
+    except fsutil.UnsafePathError as exc:
+        raise ConfigValidateError([f"daemon.work_dir: {exc}"]) from None
     node_id = str(uuid.uuid4())
     write_atomic(path, node_id + "\n")
     return node_id
@@ -367,8 +370,7 @@ class Engine:
     def _check_previous_run(self) -> None:
         """Say so when the last daemon did not stop cleanly (crash, kill -9, power loss)."""
         try:
-            with open(self._state_path(), encoding="utf-8") as fh:
-                previous = json.load(fh)
+            previous = fsutil.read_json(self._state_path())
         except (OSError, ValueError):
             previous = None
         if isinstance(previous, dict) and not previous.get("clean", True):

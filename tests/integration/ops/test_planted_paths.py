@@ -112,3 +112,16 @@ def test_control_socket_in_a_directory_others_can_write_is_refused(ops_dir) -> N
     assert f"D1002 config: daemon.control_socket: {shared}: writable by group or others (mode 0777)" \
         in res.stderr
     assert os.listdir(shared) == []
+
+
+def test_node_id_planted_as_symlink_is_refused_not_sent_as_our_id(ops_dir) -> None:
+    target = precious(ops_dir)
+    work = ops_dir / "w"
+    work.mkdir()
+    (work / "node_id").symlink_to(target)
+    raw = stand_alone(work)
+    raw["daemon"].pop("id", None)
+    res = cli("-c", write(ops_dir, raw), "run")
+    assert res.returncode == 2, res.stderr
+    assert f"D1002 config: daemon.work_dir: {work / 'node_id'}: is a symlink (to {target})" in res.stderr
+    assert target.read_text().startswith("root:x")
