@@ -93,6 +93,9 @@ def restarts(unit: Unit, cause: str, value: int | str | None = None) -> bool:
 
 SYSTEMCTL = '''#!{python}
 import os, sys, time
+if os.environ.get("SYSTEMCTL_STANDIN_FAIL"):  # a test of what happens when systemd cannot be asked
+    print("Failed to connect to bus", file=sys.stderr)
+    sys.exit(1)
 args = [a for a in sys.argv[1:] if not a.startswith("-")]
 if len(args) != 2 or args[0] not in ("start", "restart", "stop"):
     print("systemctl stand-in: unsupported %r" % sys.argv[1:], file=sys.stderr)

@@ -99,11 +99,12 @@ def standin(env):
     cfg_path = write_config(env.work / "daemon.yaml", base_config(
         env.work, update={"min_free_bytes": 0, "daemon_path": str(pyz), "self_update_deadline": "2s"}))
 
-    def launch(new_mode: str) -> None:
+    def launch(new_mode: str, **env_extra: str) -> None:
         write_release(out / "release", env.key, "daemon", "0.2.0", make_pyz(env.work / "new.pyz", "0.2.0",
                                                                              new_mode))
         (out / "update-request").touch()
         clean = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", UNIT_ENV)}
+        clean.update(env_extra)
         procs.append(subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "systemd_standin.py"), str(UNIT_FILE), str(state), "--",
              sys.executable, str(pyz), cfg_path, str(out)], env=clean, cwd=str(ROOT)))
@@ -158,3 +159,21 @@ def test_each_failed_self_update_ends_with_the_previous_daemon_running_under_the
     # Still running a moment later, and only one daemon was started after the rollback.
     wait_until(lambda: alive(pid), timeout=5, what="the previous daemon alive")
     assert sum(1 for e in events(state) if e["event"] == "started") == len(started)
+
+
+@pytest.mark.timeout(90)
+def test_when_systemctl_fails_the_watcher_starts_the_previous_daemon_itself(standin) -> None:
+    env, out, state, pyz, old, launch = standin
+    launch("exit2", SYSTEMCTL_STANDIN_FAIL="1")  # exit 2: the unit's policy does not restart it either
+
+    def previous_back() -> tuple[str, int] | None:
+        got = starts(out)
+        return got[-1] if len(got) >= 3 and got[-1][0] == "0.1.0" else None
+
+    _, pid = wait_until(previous_back, timeout=60, what="the previous daemon started by the watcher")
+    assert pyz.read_bytes() == old
+    assert alive(pid)
+    log = events(state)
+    assert [e["event"] for e in log if e["event"] in ("started", "exited")] == ["started", "exited"], log
+    watcher_log = (env.work / "update" / "watcher.log").read_text()
+    assert "systemctl restart daemon.service: 1" in watcher_log and "watcher: started" in watcher_log
