@@ -53,6 +53,9 @@ class Outbox:
         self._depth = self._bytes = self._statuses = 0
         self._metas: dict[str, int] = {}
         self._next_open = 0.0
+        # Terminal statuses the disk could not take, by negative id; persisted by the next write.
+        self._held_statuses: dict[int, tuple[str, bytes]] = {}
+        self._held_id = 0
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
         try:
             # SQLite opens these by name and follows symlinks: a planted one is refused, not used.
@@ -156,9 +159,11 @@ class Outbox:
             unsaved = self._unsaved_drops
             if unsaved:
                 self._set_meta("dropped", self._meta("dropped") + unsaved)
+            saved = self._save_held_statuses()
             seq = self._enqueue_in(body, size)
         # Committed (a failed commit raised above and reloaded the persisted count).
         self._unsaved_drops -= unsaved
+        self._forget_held(saved)
         if unsaved:
             log.warning("outbox %s is writable again; %d report(s) were dropped while it was not (%s)",
                         self.path, unsaved, self.drop_reason, extra={"code": ManagerReportError.code})
@@ -247,26 +252,64 @@ class Outbox:
     # --- terminal command statuses ---------------------------------------------------------------
 
     def put_status(self, command_id: str, body: bytes) -> int:
-        with self._write():
-            cur = self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)", (command_id, body))
-            self._statuses += 1
+        """Keep a terminal status until the Manager acks it. One the disk cannot take is held in
+        memory (negative id) and written with the next write that succeeds: never dropped."""
+        try:
+            with self._write():
+                assert self._db is not None
+                saved = self._save_held_statuses()
+                cur = self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)",
+                                       (command_id, body))
+                self._statuses += 1
+            self._forget_held(saved)
             return int(cur.lastrowid or 0)
+        except sqlite3.OperationalError as exc:
+            self._note_unwritable(f"cannot write {self.path}: {exc}")
+            self._held_id -= 1
+            self._held_statuses[self._held_id] = (command_id, body)
+            return self._held_id
+
+    def _save_held_statuses(self) -> list[int]:
+        """Inside a write transaction: statuses held in memory go to the database with it; forget
+        them (`_forget_held`) only once it committed."""
+        assert self._db is not None
+        saved = sorted(self._held_statuses, reverse=True)
+        for held_id in saved:
+            self._db.execute("INSERT INTO statuses(command_id, body) VALUES (?, ?)",
+                             self._held_statuses[held_id])
+            self._statuses += 1
+        return saved
+
+    def _forget_held(self, saved: list[int]) -> None:
+        with self._lock:
+            for held_id in saved:
+                self._held_statuses.pop(held_id, None)
 
     @property
     def status_count(self) -> int:
         """How many terminal statuses wait for the Manager's ack."""
-        return self._statuses
+        return self._statuses + len(self._held_statuses)
 
     def pending_statuses(self) -> list[tuple[int, bytes]]:
         with self._lock:
+            held = [(i, body) for i, (_, body) in sorted(self._held_statuses.items(), reverse=True)]
             if not self._connect():
-                return []
+                return held
             assert self._db is not None
-            return self._db.execute("SELECT id, body FROM statuses ORDER BY id").fetchall()
+            return self._db.execute("SELECT id, body FROM statuses ORDER BY id").fetchall() + held
 
     def remove_status(self, status_id: int) -> None:
-        with self._write():
-            self._statuses -= self._db.execute("DELETE FROM statuses WHERE id = ?", (status_id,)).rowcount
+        if status_id < 0:
+            with self._lock:
+                self._held_statuses.pop(status_id, None)
+            return
+        try:
+            with self._write():
+                assert self._db is not None
+                self._statuses -= self._db.execute("DELETE FROM statuses WHERE id = ?",
+                                                   (status_id,)).rowcount
+        except sqlite3.OperationalError as exc:  # full disk: it stays and is sent again (same id)
+            self._note_unwritable(f"cannot write {self.path}: {exc}")
 
     # --- commands already received (a re-delivered command is not run twice) ---------------------
 

@@ -90,6 +90,25 @@ def test_outbox_opened_on_a_full_disk_is_kept_and_used_once_space_returns(small_
     assert integrity(path) == "ok"
 
 
+def test_terminal_command_statuses_are_held_not_dropped_while_the_disk_is_full(small_fs) -> None:
+    path = small_fs.path / "outbox.db"
+    box = Outbox(str(path), 64 << 20)
+    box.put_status("cmd-1", b"completed 1")
+    small_fs.fill()
+    held = [box.put_status(f"cmd-{n}", f"failed {n}".encode()) for n in (2, 3)]
+    assert all(i < 0 for i in held) and box.status_count == 3
+    assert [body for _, body in box.pending_statuses()] == [b"completed 1", b"failed 2", b"failed 3"]
+    box.remove_status(held[0])  # the Manager got it straight from memory
+    assert box.status_count == 2
+    small_fs.free()
+    box.enqueue(b"report")  # the next write that succeeds takes the held one with it
+    box.close()
+    again = Outbox(str(path), 64 << 20)
+    assert [body for _, body in again.pending_statuses()] == [b"completed 1", b"failed 3"]
+    again.close()
+    assert integrity(path) == "ok"
+
+
 # --- the file reporter ---------------------------------------------------------------------------
 
 
