@@ -30,8 +30,8 @@ def backup(target: str, backup_dir: str, component: str, version: str | None) ->
     if not os.path.exists(target):
         return None
     private_dir(backup_dir, "update.backup_dir")
-    mode = stat.S_IMODE(os.stat(target).st_mode)
-    tmp = fsutil.copy_durable(target, backup_dir, f".{component}.", mode)
+    # 0600: a restore takes the mode of the file it replaces (swap), not the backup's.
+    tmp = fsutil.copy_durable(target, backup_dir, f".{component}.", 0o600)
     path = os.path.join(backup_dir, f"{component}_{time.time_ns()}_{version or 'unknown'}.bak")
     fsutil.replace_durable(tmp, path)
     return path

@@ -78,7 +78,9 @@ def test_downloads_and_backups_are_private(env) -> None:
     assert os.stat(env.work / "downloads").st_mode & 0o777 == 0o700
     assert os.stat(env.work / "backups").st_mode & 0o777 == 0o700
     backups = list((env.work / "backups").iterdir())
-    assert backups and all(os.stat(b).st_mode & 0o777 == 0o755 for b in backups)  # like the binary
+    assert backups and all(os.stat(b).st_mode & 0o777 == 0o600 for b in backups)
+    assert env.updater().rollback("agent", env.progress).success
+    assert os.stat(env.work / "bin" / "agent").st_mode & 0o777 == 0o755  # restored with its own mode
 
 
 @pytest.mark.parametrize("name", ["journal.json", "state.json", "update.lock", "pending.json"])
