@@ -85,8 +85,9 @@ def check_dir(path: str) -> os.stat_result:
 
 def private_dir(path: str, mode: int = 0o700, *, tighten: bool = True) -> None:
     """Create `path` (missing parents too) with `mode`, or check the existing one (`check_dir`).
-    With `tighten`, an existing directory of ours with wider permissions is narrowed to `mode`
-    (downloads and backups are 0700 whatever was there)."""
+    With `tighten`, an existing, empty directory of ours with wider permissions is narrowed to
+    `mode`. One that holds anything keeps its mode: a download_dir set to /var/lib by mistake must
+    not take /var/lib to 0700 (what the daemon puts there is 0600 itself)."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         os.makedirs(parent, mode=0o755, exist_ok=True)
@@ -96,7 +97,7 @@ def private_dir(path: str, mode: int = 0o700, *, tighten: bool = True) -> None:
         pass
     fd, st = _open_dir(path)
     try:
-        if tighten and stat.S_IMODE(st.st_mode) != mode:
+        if tighten and stat.S_IMODE(st.st_mode) != mode and not os.listdir(fd):
             os.fchmod(fd, mode)  # the fd, not the name: it is the directory we just checked
     finally:
         os.close(fd)

@@ -139,3 +139,13 @@ def test_a_fifo_planted_as_the_journal_is_refused_without_hanging(env) -> None:
     os.mkfifo(journal)
     result = env.updater().run(env.request(env.release("2.0.0")), env.progress)
     assert result.error.startswith(f"D4003 update state: {journal}: is not a regular file"), result.error
+
+
+def test_a_download_dir_set_to_a_system_directory_keeps_its_mode_and_files(env, tmp_path) -> None:
+    """update.download_dir: /var/lib by mistake: used (files 0600), never chmod'ed to 0700."""
+    system = elsewhere(tmp_path)
+    outside = contents(system)
+    env.reconfigure(download_dir=str(system))
+    result = env.updater().run(env.request(env.release("2.0.0")), env.progress)
+    assert result.success, result.error
+    assert contents(system) == outside
