@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from daemon_app import __version__
+from daemon_app import __version__, fsutil
 from daemon_app import config as config_mod
 from daemon_app.errors import ConfigValidateError, DaemonError
 
@@ -224,7 +224,11 @@ def plugins_install(obj: Ctx, spec: tuple[str, ...], pip_arg: tuple[str, ...]) -
 
     cfg = obj.load()
     target = cfg.plugins.dir
-    os.makedirs(target, exist_ok=True)
+    try:
+        fsutil.private_dir(target, 0o755, tighten=False)
+    except OSError as exc:
+        click.echo(f"D5001 plugins install: plugins.dir: {exc}", err=True)
+        sys.exit(1)
     cmd = [_python_for_pip(), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
            "--upgrade", "--target", target, *pip_arg, *spec]
     click.echo(f"installing into {target}: {' '.join(spec)}")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon_app import __version__, logs, threads
+from daemon_app import __version__, fsutil, logs, threads
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
@@ -67,26 +67,30 @@ class Service(Protocol):
 MANAGER_NODE_ID_FILE = "node_id.manager"
 
 
+def _read_node_id_file(path: str) -> str:
+    """An id file's first line, "" when absent. Never through a planted symlink: whatever it points
+    at would be sent to the Manager as our id."""
+    try:
+        with os.fdopen(fsutil.open_nofollow(path, os.O_RDONLY), "rb") as fh:
+            return fh.read(256).decode("utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return ""
+    except fsutil.UnsafePathError as exc:
+        raise ConfigValidateError([f"daemon.work_dir: {exc}"]) from None
+
+
 def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
     """The id the Manager assigned (kept in <work_dir>/node_id.manager, seed §3.5.1), else
     `daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
-    try:
-        with open(os.path.join(work_dir, MANAGER_NODE_ID_FILE), encoding="utf-8") as fh:
-            assigned = fh.read().strip()
-        if assigned:
-            return assigned
-    except FileNotFoundError:
-        pass
+    assigned = _read_node_id_file(os.path.join(work_dir, MANAGER_NODE_ID_FILE))
+    if assigned:
+        return assigned
     if configured:
         return configured
     path = os.path.join(work_dir, "node_id")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            node_id = fh.read().strip()
-        if node_id:
-            return node_id
-    except FileNotFoundError:
-        pass
+    node_id = _read_node_id_file(path)
+    if node_id:
+        return node_id
     node_id = str(uuid.uuid4())
     write_atomic(path, node_id + "\n")
     return node_id
@@ -99,20 +103,8 @@ def keep_manager_node_id(work_dir: str, node_id: str) -> None:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Same-directory temp file, fsync, rename: a reader sees the old or the new file, never half."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """fsutil.write_atomic for text: a reader sees the old or the new file, never half."""
+    fsutil.write_atomic(path, text.encode(), mode)
 
 
 class InstanceLock:
@@ -131,7 +123,8 @@ class InstanceLock:
         for path, setting in self.paths:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # A pid file planted as a symlink would have us truncate its target.
+                fd = fsutil.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 self.release()
                 raise ConfigValidateError([f"{setting}: cannot open {path}: {exc.strerror or exc}"]) from None
@@ -331,7 +324,9 @@ class Engine:
         self._thread_ident = threading.get_ident()
         work_dir = self.cfg.daemon.work_dir
         try:
-            os.makedirs(work_dir, mode=0o750, exist_ok=True)
+            fsutil.private_dir(work_dir, 0o750, tighten=False)
+        except fsutil.UnsafePathError as exc:
+            raise ConfigValidateError([f"daemon.work_dir: {exc}"]) from None
         except OSError as exc:
             raise ConfigValidateError([f"daemon.work_dir: cannot create {work_dir}: {exc.strerror}"]) \
                 from None
@@ -393,8 +388,7 @@ class Engine:
     def _check_previous_run(self) -> None:
         """Say so when the last daemon did not stop cleanly (crash, kill -9, power loss)."""
         try:
-            with open(self._state_path(), encoding="utf-8") as fh:
-                previous = json.load(fh)
+            previous = fsutil.read_json(self._state_path())
         except (OSError, ValueError):
             previous = None
         if isinstance(previous, dict) and not previous.get("clean", True):

@@ -20,7 +20,7 @@ from typing import Any
 
 import pluggy
 
-from daemon_app import hookspecs
+from daemon_app import fsutil, hookspecs
 from daemon_app.errors import DaemonError
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,14 @@ class Plugins:
     def load_directory(self, cfg: Any) -> None:
         """Put the plugin dir on sys.path (pip --target packages) and load loose *.py plugins."""
         plugin_dir = cfg.plugins.dir
-        if not os.path.isdir(plugin_dir):
+        if not os.path.lexists(plugin_dir):
+            return
+        try:
+            # Code from here runs as the daemon's user: nobody else may have put it there.
+            fsutil.check_dir(plugin_dir)
+        except OSError as exc:
+            log.error("D5001 plugins.dir: %s; no plugin is loaded from it", exc,
+                      extra={"code": "D5001", "plugin_dir": plugin_dir})
             return
         if plugin_dir not in sys.path:
             sys.path.append(plugin_dir)
@@ -132,6 +139,7 @@ class Plugins:
             path = os.path.join(plugin_dir, entry)
             module_name = f"daemon_plugin_{name}"
             try:
+                fsutil.check_file(path)
                 spec = importlib.util.spec_from_file_location(module_name, path)
                 assert spec and spec.loader
                 module = importlib.util.module_from_spec(spec)
