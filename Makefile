@@ -23,8 +23,11 @@ lint: venv
 proto: venv
 	$(PY) -m daemon_app.proto.generate
 
+# One file per architecture (each runs on CPython 3.9-3.13); dist/daemon.pyz is this machine's.
 pyz: venv
-	PYTHON=$(PY) build/shiv.sh
+	PYTHON=$(PY) ARCH=x86_64 build/shiv.sh
+	PYTHON=$(PY) ARCH=aarch64 build/shiv.sh
+	cp -f dist/daemon-$$(uname -m).pyz dist/daemon.pyz
 
 bench: venv pyz
 	$(PY) bench/run.py

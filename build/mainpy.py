@@ -1,4 +1,5 @@
-"""Replace shiv's __main__.py in a built pyz with one that keeps OpenSSL's libcrypto out of the daemon.
+"""Replace shiv's __main__.py in a built pyz: refuse an unsupported host in one line; keep OpenSSL's
+libcrypto out of the daemon.
 
 Usage: python build/mainpy.py PYZ   (build/shiv.sh runs it on the freshly built file)
 
@@ -8,24 +9,45 @@ daemon's whole life, although nothing on its idle path hashes anything (grpc car
 library). The new __main__.py hides _hashlib while the bootstrap imports, so that hashlib falls back
 to Python's built-in hashes there; build/preamble.py then forgets both modules before the daemon
 starts, so the daemon's own `import hashlib` (an update's SHA-256) gets OpenSSL's again.
+Before all that, the new __main__.py compares the interpreter and the machine with the ones the
+build is for (_build.json: arch, pythons): Python 3.8, PyPy or an x86_64 pyz on aarch64 get one
+line saying what the pyz needs and exit 69 (EX_UNAVAILABLE), not a traceback from deep inside.
 Entries, their order, dates and modes are kept: the output is as reproducible as shiv's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import zipfile
 from pathlib import Path
 
-MAIN_PY = b"""\
+MAIN_PY = """\
 # -*- coding: utf-8 -*-
-# Written by build/mainpy.py: the bootstrap's hashlib must not load OpenSSL (see build/preamble.py).
+# Written by build/mainpy.py. First: a host this build cannot run on gets one line saying what it
+# needs (this part runs even on Python 2). Then shiv's bootstrap, whose hashlib must not load
+# OpenSSL (see build/preamble.py).
+import os
 import sys
+
+PYTHONS = {pythons!r}
+ARCH = {arch!r}
+_impl = getattr(getattr(sys, "implementation", None), "name", "python")
+_here = (_impl, tuple(sys.version_info[:2]), os.uname()[4])
+if _here != ("cpython", _here[1], ARCH) or "%d.%d" % _here[1] not in PYTHONS:
+    sys.stderr.write("daemon.pyz: this build runs on CPython %s to %s on %s Linux; this host has "
+                     "%s %d.%d on %s\\n" % (PYTHONS[0], PYTHONS[-1], ARCH, _impl, _here[1][0], _here[1][1],
+                                            _here[2]))
+    sys.exit(69)  # EX_UNAVAILABLE
 sys.modules["_hashlib"] = None
 import _bootstrap
 _bootstrap.bootstrap()
 """
+
+
+def main_py(build: dict) -> bytes:
+    return MAIN_PY.format(pythons=tuple(build["pythons"]), arch=build["arch"]).encode()
 
 
 def rewrite(pyz: Path) -> None:
@@ -38,12 +60,13 @@ def rewrite(pyz: Path) -> None:
         fh.write(shebang)
         with zipfile.ZipFile(fh, "w") as dst:
             found = False
+            build = json.loads(src.read("site-packages/daemon_app/_build.json"))
             for info in src.infolist():
                 data = src.read(info)
                 if info.filename == "__main__.py":
                     if b"import _bootstrap" not in data:
                         sys.exit(f"build: unexpected __main__.py in {pyz}: {data!r}")
-                    data, found = MAIN_PY, True
+                    data, found = main_py(build), True
                 dst.writestr(info, data)
             if not found:
                 sys.exit(f"build: {pyz} has no __main__.py")

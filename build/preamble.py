@@ -4,7 +4,9 @@ shiv extracts the pyz's packages once per build into $SHIV_ROOT/<pyz name>_<buil
 ~/.shiv). Every update leaves another such directory behind, so this prunes them: it keeps the
 current one and the most recently used other one (the version a rollback returns to, so that a
 rollback does not extract again) and removes the rest. It also tells the daemon which file it
-was started from ($SHIV_PYZ). It never stops the daemon: any error here is ignored.
+was started from ($SHIV_PYZ), and puts the running interpreter's own builds of the packages that
+have no stable-ABI form on sys.path. It never stops the daemon: any error in pruning is ignored.
+It runs on every Python the pyz supports (3.9+).
 """
 
 import os
@@ -44,7 +46,18 @@ def forget_builtin_hashlib() -> None:
         sys.modules.pop("hashlib", None)
 
 
+def add_interpreter_packages(site_packages: Path) -> None:
+    """Put this interpreter's own builds (site-packages/_interp/cpXY, see build/stage.py: packages
+    whose extensions exist only per interpreter) ahead of the shared site-packages."""
+    own = site_packages / "_interp" / ("cp%d%d" % sys.version_info[:2])
+    if own.is_dir():
+        shared = os.path.abspath(str(site_packages))
+        at = sys.path.index(shared) if shared in sys.path else 0
+        sys.path.insert(at, str(own))
+
+
 def main() -> None:
+    add_interpreter_packages(Path(site_packages))  # noqa: F821 - set by shiv's bootstrap
     forget_builtin_hashlib()
     os.environ["SHIV_PYZ"] = os.path.abspath(archive)  # noqa: F821 - set by shiv's bootstrap
     try:

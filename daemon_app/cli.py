@@ -200,14 +200,16 @@ def _python_for_pip() -> str:
 @main.command("version")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def version_cmd(fmt: str) -> None:
-    """Print the daemon version, the Python version and the pyz build id."""
+    """Print the daemon version, the Python and machine it runs on, and the pyz build id."""
     from daemon_app import buildinfo
 
-    info = {"version": __version__, "python": platform.python_version(), "build_id": buildinfo.build_id()}
+    info = {"version": __version__, "python": platform.python_version(), "arch": platform.machine(),
+            "build_id": buildinfo.build_id()}
     if fmt == "json":
         click.echo(json.dumps(info))
     else:
-        click.echo(f"daemon {info['version']} (python {info['python']}, build {info['build_id']})")
+        click.echo(f"daemon {info['version']} (python {info['python']} on {info['arch']}, "
+                   f"build {info['build_id']})")
 
 
 # --- run ----------------------------------------------------------------------------------------

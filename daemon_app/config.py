@@ -117,7 +117,7 @@ class Field:
                 raise ValueError(f"must be an integer, got {value!r}")
             out = value
         elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"must be a number, got {value!r}")
             out = float(value)
         elif kind == "str":

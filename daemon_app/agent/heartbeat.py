@@ -22,8 +22,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
+from daemon_app.compat import fromisoformat
 from daemon_app.errors import AgentStartError
 from daemon_app.wakeup import WakePipe
 
@@ -82,11 +82,11 @@ def parse_heartbeat(line: bytes, peer: Peer) -> Heartbeat:
         if not isinstance(value, str) or not value or len(value) > 256:
             raise InvalidHeartbeat(f"{key} must be a non-empty string (<= 256 chars), got {value!r}")
     try:
-        datetime.fromisoformat(obj["timestamp"].replace("Z", "+00:00"))
+        fromisoformat(obj["timestamp"])
     except ValueError:
         raise InvalidHeartbeat(f"timestamp must be RFC 3339, got {obj['timestamp']!r}") from None
     cpu = obj.get("cpu", 0.0)
-    if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu < 0:
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0:
         raise InvalidHeartbeat(f"cpu must be a non-negative number, got {cpu!r}")
     memory = obj.get("memory", 0)
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
