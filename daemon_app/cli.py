@@ -247,7 +247,10 @@ def run_cmd(obj: Ctx) -> None:
         logs.close()
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, ConfigValidateError) else 1)
-    sys.exit(engine.run_forever())
+    code = engine.run_forever()
+    if engine.fatal is not None:
+        click.echo(str(engine.fatal), err=True)
+    sys.exit(code)
 
 
 # --- status, reload (through the control socket of the running daemon) ---------------------------
@@ -354,6 +357,8 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(f"  update     {json.dumps(u) if u else 'none in progress'}")
     if s.get("in_flight"):
         lines.append(f"  in flight  {', '.join(s['in_flight'])}")
+    for name, error in sorted((s.get("services_failed") or {}).items()):
+        lines.append(f"  FAILED     {name}: {error}")
     return "\n".join(lines)
 
 
