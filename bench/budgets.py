@@ -124,6 +124,12 @@ FIGURES: dict[str, tuple[str, str]] = {
                                              "collection interval"),
     "peer_node_exporter_scrape_ms_p50": ("ms", "one HTTP GET /metrics of node_exporter, median"),
     "peer_node_exporter_scrape_ms_p99": ("ms", "one HTTP GET /metrics of node_exporter, p99"),
+    "ready_s_py39": ("s", "start -> READY, stand-alone, Debian 11's python3 3.9 (chroot)"),
+    "ready_s_py311": ("s", "start -> READY, stand-alone, this machine's python3 3.11"),
+    "ready_s_py313": ("s", "start -> READY, stand-alone, Debian 13's python3 3.13 (chroot)"),
+    "idle_rss_mb_py39": ("MB", "idle RSS, stand-alone, Debian 11's python3 3.9 (chroot)"),
+    "idle_rss_mb_py311": ("MB", "idle RSS, stand-alone, this machine's python3 3.11"),
+    "idle_rss_mb_py313": ("MB", "idle RSS, stand-alone, Debian 13's python3 3.13 (chroot)"),
 }
 
 # Which script is expected to produce which figures: a missing script shows as "not measured".
@@ -145,6 +151,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "bench_peer_supervisord": ("peer_supervisord_restart_ms_p50",),
     "bench_peer_node_exporter": ("peer_node_exporter_rss_mb", "peer_node_exporter_cpu_percent",
                                  "peer_node_exporter_scrape_ms_p50", "peer_node_exporter_scrape_ms_p99"),
+    "bench_interpreters": ("ready_s_py39", "ready_s_py311", "ready_s_py313", "idle_rss_mb_py39",
+                           "idle_rss_mb_py311", "idle_rss_mb_py313"),
 }
 
 RATIOS: dict[str, Ratio] = {
