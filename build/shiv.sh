@@ -42,6 +42,6 @@ mkdir -p "$(dirname "$OUT")"
     --site-packages "$stage/site-packages" \
     --build-id "$build_id" \
     --output-file "$OUT.tmp" | { grep -v "overridden the default build-id" || true; }
-"$PYTHON" build/mainpy.py "$OUT.tmp"
+"$PYTHON" build/mainpy.py "$OUT.tmp" "$stage/_interp"
 mv -f "$OUT.tmp" "$OUT"
 echo "built $OUT: build $build_id, $(du -h "$OUT" | cut -f1), sha256 $(sha256sum "$OUT" | cut -c1-16)"

@@ -12,8 +12,9 @@ The wheels are the ones build/wheels.py locked for every supported interpreter o
 closure of `[project].dependencies`, same versions everywhere). Each package goes in once where
 one wheel serves every interpreter (pure Python, or the stable ABI: abi3 built for the oldest
 one); a package whose extensions are built per interpreter (e.g. cffi) goes in once per
-interpreter, under site-packages/_interp/cpXY, which build/preamble.py puts on sys.path for the
-running interpreter. PURE packages go in without their extension modules. Files are unpacked in
+interpreter, into STAGE_DIR's sibling _interp/cpXY: the zip's _interp/cpXY/, which shiv leaves
+packed and build/preamble.py unpacks, for the running interpreter only, and puts on sys.path.
+PURE packages go in without their extension modules. Files are unpacked in
 sorted order with normalised modes, and the build id is a hash of the staged tree, so the same
 sources and lock give the same id (and, with shiv --reproducible, the same bytes).
 """
@@ -33,7 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "build"))
 import wheels  # noqa: E402 - build/wheels.py, beside this file
 
-INTERP_DIR = "_interp"  # site-packages/_interp/cp39 …: per-interpreter packages
+# Per-interpreter packages: STAGE_DIR/../_interp/cp39 … beside site-packages; build/mainpy.py adds
+# them to the zip as _interp/cpXY/…, outside site-packages, so that shiv does not unpack all five:
+# build/preamble.py unpacks only the running interpreter's.
+INTERP_DIR = "_interp"
 
 
 def wheel_tags(filename: str) -> list[tuple[str, str]]:
@@ -56,7 +60,8 @@ def serves(filename: str, python: str) -> bool:
 
 
 def placement(arch: str, lock: dict) -> dict[str, list[tuple[str, str]]]:
-    """Wheel file -> [(site-packages subdir, python)] for every locked wheel this build unpacks."""
+    """Wheel file -> [(dir relative to the stage, python)] for every locked wheel this build unpacks:
+    "site-packages" for the shared ones, "_interp/cpXY" for per-interpreter ones."""
     by_package: dict[str, dict[str, str]] = {}
     for python in wheels.PYTHONS:
         for filename in lock["targets"][wheels.target_name(python, arch)]:
@@ -66,7 +71,7 @@ def placement(arch: str, lock: dict) -> dict[str, list[tuple[str, str]]]:
         oldest = per_python[min(per_python, key=lambda p: int(p.split(".")[1]))]
         everywhere = set(per_python) == set(wheels.PYTHONS)
         if everywhere and (name in wheels.PURE or all(serves(oldest, p) for p in wheels.PYTHONS)):
-            placed.setdefault(oldest, []).append(("", "any"))
+            placed.setdefault(oldest, []).append(("site-packages", "any"))
             continue
         for python, filename in sorted(per_python.items()):
             placed.setdefault(filename, []).append(
@@ -136,8 +141,10 @@ def customise(target: Path, version: str | None, inject: str | None) -> None:
 
 
 def stage(target: Path, arch: str, version: str | None = None, inject: str | None = None) -> str:
-    if target.exists():
-        shutil.rmtree(target)
+    """Stage into `target` (the site-packages) and its sibling _interp; return the build id."""
+    for tree in (target, target.parent / INTERP_DIR):
+        if tree.exists():
+            shutil.rmtree(tree)
     target.mkdir(parents=True)
     cache = wheels.fetch(arch)
     lock = wheels.load_lock()
@@ -146,9 +153,9 @@ def stage(target: Path, arch: str, version: str | None = None, inject: str | Non
     for filename, places in sorted(placement(arch, lock).items()):
         name = wheels.wheel_name(filename)[0]
         for subdir, _python in places:
-            if subdir:
+            if subdir != "site-packages":
                 per_interpreter.add(name)
-            left_out = unpack(cache / filename, target / subdir, strip_extensions=name in wheels.PURE)
+            left_out = unpack(cache / filename, target.parent / subdir, strip_extensions=name in wheels.PURE)
             if left_out:
                 stripped[name] = sorted(set(stripped.get(name, [])) | {Path(f).name for f in left_out})
     for src in sorted((ROOT / "daemon_app").rglob("*")):
@@ -158,9 +165,10 @@ def stage(target: Path, arch: str, version: str | None = None, inject: str | Non
     customise(target, version, inject)
 
     digest = hashlib.sha256()
-    for path in sorted(p for p in target.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(target).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
+    for tree in (target, target.parent / INTERP_DIR):
+        for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(target.parent).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
     build_id = digest.hexdigest()[:16]
     sys.path.insert(0, str(ROOT))
     from daemon_app import __version__

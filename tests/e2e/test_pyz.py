@@ -38,10 +38,10 @@ def test_pyz_reports_its_build_id_and_carries_no_dev_tools(pyz, run_pyz):
         build = json.loads(zf.read("site-packages/daemon_app/_build.json"))
     info = json.loads(run_pyz("version", "--format", "json").stdout)
     assert info["build_id"] == build["build_id"] != "dev"
-    # Shared packages at the top, per-interpreter builds under _interp/cpXY (build/stage.py).
+    # Shared packages in site-packages, per-interpreter builds under _interp/cpXY (build/stage.py).
     tops = {n.split("/")[1] for n in names if n.startswith("site-packages/")}
     for python in build["pythons"]:
-        prefix = f"site-packages/_interp/cp{python.replace('.', '')}/"
+        prefix = f"_interp/cp{python.replace('.', '')}/"
         tops |= {n[len(prefix):].split("/")[0] for n in names if n.startswith(prefix)}
     for dev_tool in ("pytest", "_pytest", "ruff", "shiv", "grpc_tools"):
         assert dev_tool not in tops
