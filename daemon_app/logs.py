@@ -317,9 +317,16 @@ def setup(level: str = "info", log_file: str = "", max_bytes: int = 10 * 1024 * 
         _installed.append(sh)
 
 
+# Libraries under the Manager link that log every frame and header at debug: at daemon.log_level
+# debug they would bury the daemon's own lines (hundreds a second) and fill the log's rotation.
+CHATTY_LIBRARIES = ("hpack", "h2", "hyperframe", "grpclib", "asyncio")
+
+
 def set_level(level: str) -> None:
     """Change the level in place (a reload that only changes daemon.log_level)."""
     logging.getLogger().setLevel(getattr(logging, level.upper()))
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, getattr(logging, level.upper())))
 
 
 def close() -> None:

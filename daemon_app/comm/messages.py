@@ -26,7 +26,7 @@ def _text(value: Any) -> str:
     """Timestamps may be RFC 3339 text, Unix seconds or None; the wire carries RFC 3339 or ''."""
     if value is None or value == "":
         return ""
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         from daemon_app.metrics import rfc3339
 
         return rfc3339(float(value))

@@ -106,7 +106,9 @@ def test_version_config_check_and_collect_with_the_distributions_python3(chroot,
 
     cfg = inside.config()
     check = inside.daemon("-c", cfg, "config", "check")
-    assert check.returncode == 0 and check.stdout.startswith("config OK"), check.stdout + check.stderr
+    # Exit 1: valid, with warnings (this trial config has no update key).
+    assert check.returncode in (0, 1) and check.stdout.startswith(("config OK", "config valid with")), \
+        check.stdout + check.stderr
 
     collected = inside.daemon("-c", cfg, "collect", "--once", "--format", "json")
     assert collected.returncode == 0, collected.stderr

@@ -108,3 +108,18 @@ def test_terminal_gets_human_text_and_a_pipe_gets_json():
                            timeout=30)
     entry = json.loads(piped.stderr)
     assert entry["message"] == "D2001 manager down" and entry["code"] == "D2001"
+
+
+def test_debug_level_keeps_the_http2_libraries_frame_by_frame_lines_out(tmp_path):
+    log_file = tmp_path / "daemon.log"
+    logs.setup("debug", str(log_file), stderr=False)
+    try:
+        logging.getLogger("hpack.hpack").debug("Encoding 3 with 7 bits")
+        logging.getLogger("h2.connection").debug("frame received")
+        logging.getLogger("daemon_app.engine").debug("own debug line")
+        logging.getLogger("grpclib.client").warning("library warning")
+    finally:
+        logs.close()
+    text = log_file.read_text()
+    assert "own debug line" in text and "library warning" in text
+    assert "Encoding 3" not in text and "frame received" not in text
