@@ -60,7 +60,7 @@ from daemon_app.update.manifest import (
 )
 from daemon_app.update.state import Journal, UpdateState, update_dir
 from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256
-from daemon_app.update.versions import Version
+from daemon_app.update.versions import Version, is_valid
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,10 @@ class Updater:
 
     def _update(self, request: UpdateRequest, target: Target, result: UpdateResult, report: Progress) -> str:
         report(VERIFYING, 0.0, "checking the signed manifest")
-        manifest = self.check_manifest(request)
-        result.new_version = manifest.version
         installed = result.old_version
-        if installed and Version(installed) == Version(manifest.version):
+        manifest = self.check_manifest(request, running=installed)
+        result.new_version = manifest.version
+        if installed and is_valid(installed) and Version(installed) == Version(manifest.version):
             return f"{request.component} {manifest.version} is already installed"
         self._pre_update(request, manifest)
         self._check_space(manifest.size, target)
@@ -292,8 +292,12 @@ class Updater:
             install.clean_temp_files(target.path)
             self.journal.clear()
 
-    def check_manifest(self, request: UpdateRequest) -> Manifest:
-        """Signature -> expiry -> component -> version floor. Raises the failing check's error."""
+    def check_manifest(self, request: UpdateRequest, running: str | None = None) -> Manifest:
+        """Signature -> expiry -> component -> version floor. Raises the failing check's error.
+
+        `running` is the version the target reports now (the Agent's heartbeats, the daemon's own):
+        it counts toward the floor, so an Agent installed before the daemon ever updated it cannot
+        be taken down by a validly signed older release. Only `rollback` goes down."""
         if len(request.manifest) > MAX_MANIFEST_BYTES:
             raise MalformedManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
         keys = load_trusted_keys(self.cfg.update.public_key_file)
@@ -306,11 +310,28 @@ class Updater:
         if manifest.component != request.component:
             raise ComponentMismatchError(f"manifest: signed for component {manifest.component!r}, "
                                          f"requested for {request.component!r}")
-        floor = self.state.floor(request.component)
-        if floor and Version(manifest.version) < Version(floor):
+        floor = self.version_floor(request.component, running)
+        if floor is not None and Version(manifest.version) < floor[0]:
             raise VersionRollbackError(f"manifest: {request.component} {manifest.version} is older than "
-                                       f"{floor}, the highest version ever installed (replayed release?)")
+                                       f"{floor[0]}, {floor[1]} (replayed release? `rollback` is the "
+                                       "only way down)")
         return manifest
+
+    def version_floor(self, component: str, running: str | None = None) -> tuple[Version, str] | None:
+        """The highest of the recorded floor, the recorded install and the running version, with
+        where it came from; versions that do not parse (an Agent reporting 'dev') do not count."""
+        candidates = ((self.state.floor(component), "the highest version ever installed"),
+                      (self.state.installed(component), "the version recorded as installed"),
+                      (running, "the version running now"))
+        best: tuple[Version, str] | None = None
+        for text, source in candidates:
+            try:
+                version = Version(text) if text else None
+            except ValueError:
+                continue
+            if version is not None and (best is None or version > best[0]):
+                best = (version, source)
+        return best
 
     def check_package(self, package: str, manifest: Manifest) -> None:
         """Size -> SHA-256 of the exact file that will be installed."""

@@ -111,7 +111,7 @@ def test_bad_arguments_and_missing_files_are_clear_errors(tmp_path, sources):
 
 def test_the_unit_is_what_the_daemon_needs():
     text = UNIT.read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "KillMode=process", "Restart=on-failure",
+    for line in ("Type=notify", "NotifyAccess=main", "KillMode=process", "Restart=always",
                  "WatchdogSec=60s", "ExecReload=/bin/kill -HUP $MAINPID",
                  "ExecStart=/usr/bin/python3 /opt/daemon/daemon.pyz -c /etc/daemon/daemon.yaml run",
                  "Environment=SHIV_ROOT=/var/lib/daemon/pyz"):
