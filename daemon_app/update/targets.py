@@ -69,6 +69,10 @@ class Target(Protocol):
         """Run `install` (put a file in place) with whatever stop/start the component needs; True if
         `version` then runs healthy."""
 
+    def abandon(self) -> str | None:
+        """After a crash before the swap (the file on disk is the old one): drop what the target set
+        up for the swap. Returns why, if something other than the Updater had already undone it."""
+
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
@@ -102,6 +106,9 @@ class FileTarget:
     def reinstall(self, install: Callable[[], None], version: str | None) -> bool:
         install()
         return True
+
+    def abandon(self) -> str | None:
+        return None
 
 
 class AgentTarget(FileTarget):
