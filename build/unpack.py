@@ -26,9 +26,15 @@ import sys
 import time
 import zipfile
 
-# The compile child: a thread ends it the moment its parent (the daemon) is gone.
+# The compile child: the kernel kills it with its parent (PR_SET_PDEATHSIG), and where ctypes is
+# missing a thread ends it the moment its parent (the daemon) is gone.
 COMPILE = """\
 import compileall, os, re, sys, threading, time
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)
+except Exception:
+    pass
 parent = int(sys.argv[1])
 def orphaned():
     while os.getppid() == parent:
