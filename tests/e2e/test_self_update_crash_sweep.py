@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from daemon_app import control
+from daemon_app.errors import ControlError
 from daemon_app.update.selfupdate import read_marker
 from daemon_app.update.state import Journal, UpdateState
 from tests.e2e.test_self_update import build
@@ -184,11 +185,22 @@ class Trial:
             return None
 
     def request_update(self) -> None:
+        """Ask the daemon to update itself, once its update service is up (the control socket opens
+        a moment before)."""
         rel = self.dir / "release"
-        control.request(self.sock, "update", {
-            "component": "daemon", "file": str(rel / "package"),
-            "manifest_b64": base64.b64encode((rel / "manifest.json").read_bytes()).decode(),
-            "signature_b64": base64.b64encode((rel / "manifest.json.sig").read_bytes()).decode()})
+        args = {"component": "daemon", "file": str(rel / "package"),
+                "manifest_b64": base64.b64encode((rel / "manifest.json").read_bytes()).decode(),
+                "signature_b64": base64.b64encode((rel / "manifest.json.sig").read_bytes()).decode()}
+
+        def submitted() -> bool:
+            try:
+                return bool(control.request(self.sock, "update", args))
+            except ControlError as exc:
+                if "unknown command" not in str(exc):
+                    raise
+                return False
+
+        wait_until(submitted, timeout=30, interval=0.1, what="the update service")
 
     def settled(self) -> str | None:
         """The version, once the trial is in its one consistent end state; None before that."""
