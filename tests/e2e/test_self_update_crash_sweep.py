@@ -137,6 +137,7 @@ class Trial:
     dir: Path
     builds: dict[str, Path]
     standin: subprocess.Popen[bytes] | None = None
+    by_hand: subprocess.Popen[bytes] | None = None
 
     @property
     def work(self) -> Path:
@@ -154,7 +155,7 @@ class Trial:
     def pause_file(self) -> Path:
         return self.dir / "paused"
 
-    def setup(self, warm_root: Path, point: str) -> None:
+    def setup(self, warm_root: Path, point: str, *, systemd: bool = True) -> None:
         key = new_ed25519()
         (self.work / "keys").mkdir(parents=True)
         (self.work / "keys" / "update.pub").write_bytes(public_pem(key))
@@ -177,14 +178,33 @@ class Trial:
         unit, n = re.subn(r"^RestartSec=.*$", "RestartSec=1s", unit, flags=re.M)
         assert n == 1
         (self.dir / "daemon.service").write_text(unit)
-        env = {**clean_env(), "DAEMON_TEST_PAUSE_AT": point, "DAEMON_TEST_PAUSE_FILE": str(self.pause_file)}
+        self.env = {**clean_env(), "DAEMON_TEST_PAUSE_AT": point,
+                    "DAEMON_TEST_PAUSE_FILE": str(self.pause_file)}
+        if not systemd:
+            self.env["SHIV_ROOT"] = str(shiv)
+            self.start_by_hand()
+            return
         self.standin = subprocess.Popen(
             [sys.executable, str(STANDIN), str(self.dir / "daemon.service"), str(self.dir / "systemd"), "--",
-             sys.executable, str(self.pyz), "-c", self.config, "run"], env=env, cwd="/",
+             sys.executable, str(self.pyz), "-c", self.config, "run"], env=self.env, cwd="/",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def start_by_hand(self) -> None:
+        """`python3 daemon.pyz run` as an operator (or an init without restarts) would."""
+        if self.by_hand is not None:
+            self.by_hand.wait(10)  # killed by the test: reap it
+        self.by_hand = subprocess.Popen([sys.executable, str(self.pyz), "-c", self.config, "run"],
+                                        env=self.env, cwd="/", stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+
     def main_pid(self) -> int:
-        """The unit's main process, as the stand-in last started it."""
+        """The unit's main process, as the stand-in last started it; without systemd the pid holding
+        the daemon's instance lock."""
+        if self.standin is None:
+            try:
+                return int((self.work / "daemon.lock").read_text().strip() or 0)
+            except (OSError, ValueError):
+                return 0
         try:
             lines = (self.dir / "systemd" / "events.jsonl").read_text().splitlines()
         except FileNotFoundError:
@@ -223,7 +243,7 @@ class Trial:
             return None
         main = self.main_pid()
         procs = {pid: st for pid, st in processes_mentioning(str(self.dir)).items()
-                 if pid != self.standin.pid and st[0] != "Z"}
+                 if pid != getattr(self.standin, "pid", 0) and st[0] != "Z"}
         if not main or set(procs) != {main}:
             return None
         if zombie_children(main):
@@ -249,6 +269,8 @@ class Trial:
                 self.standin.kill()
         for pid in processes_mentioning(str(self.dir)):
             kill(pid)
+        if self.by_hand is not None:
+            self.by_hand.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -259,9 +281,9 @@ def trial(builds):
     t.stop()
 
 
-def run_trial(trial: Trial, warm_root: Path, point: str, victims: str) -> str:
+def run_trial(trial: Trial, warm_root: Path, point: str, victims: str, *, systemd: bool = True) -> str:
     """Update, stop at `point`, kill the victims, and return the version the trial settles on."""
-    trial.setup(warm_root, point)
+    trial.setup(warm_root, point, systemd=systemd)
     wait_until(lambda: (trial.status() or {}).get("version") == OLD, timeout=60, interval=0.1,
                what="daemon 1.0.0 answering")
     trial.request_update()
@@ -272,6 +294,11 @@ def run_trial(trial: Trial, warm_root: Path, point: str, victims: str) -> str:
     if victims == "daemon+watcher" and watcher:
         kill(watcher)
     kill(int(paused))
+    if not systemd and (victims == "daemon+watcher" or not watcher):
+        # Nothing is left to start a daemon: once nothing of the trial runs, an operator does.
+        wait_until(lambda: not processes_mentioning(str(trial.dir)), timeout=30, interval=0.05,
+                   what="every process of the trial gone")
+        trial.start_by_hand()
     return wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what=f"one consistent daemon after a "
                       f"kill of the {victims} at {point}")
 
@@ -312,3 +339,17 @@ def test_a_watcher_killed_while_the_update_is_pending_is_replaced_and_reaped(tri
     wait_until(lambda: proc_stat(first) is None, timeout=10, interval=0.05, what="the dead watcher reaped")
     kill(daemon)  # and the new watcher still does its job: the previous daemon comes back
     assert wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what="one consistent daemon") == OLD
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("point", "victims", "expected"), [
+    ("swap_window", "daemon", OLD), ("unpack", "daemon", OLD), ("before_commit", "daemon", OLD),
+    ("before_commit", "daemon+watcher", NEW)])
+def test_without_systemd_the_watcher_or_one_start_by_hand_ends_with_one_consistent_daemon(
+        trial, warm_root, point, victims, expected):
+    """No restart policy: the daemon killed alone is brought back by its watcher (the previous pyz);
+    killed with its watcher, one start by hand settles the update."""
+    assert run_trial(trial, warm_root, point, victims, systemd=False) == expected
+    if expected == OLD:
+        trial.request_update()
+        assert wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what="the retried update") == NEW
