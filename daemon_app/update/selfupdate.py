@@ -205,12 +205,18 @@ def _marker_lock(work_dir: str) -> Iterator[None]:
         yield
 
 
-def process_start(pid: int) -> str | None:
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the state field on ([0] state, [19] start time); [] when gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def process_start(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def start_watcher(work_dir: str) -> int:
@@ -259,11 +265,8 @@ def _watcher_alive(pid: int, start: str | None) -> bool:
 
 
 def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    fields = _stat(pid)
+    return fields[0] if fields else None
 
 
 def _watcher_env() -> dict[str, str]:
@@ -495,6 +498,8 @@ class DaemonTarget(FileTarget):
             fsutil.write_json(marker_path(self.work_dir), marker)
         watcher = int(marker.get("watcher_pid") or 0)
         if not (watcher and self._is_watcher(watcher)):
+            if watcher:
+                _watcher_alive(watcher, None)  # reaps it, if it died as our child before this start
             marker["watcher_pid"] = start_watcher(self.work_dir)
             fsutil.write_json(marker_path(self.work_dir), marker)
         keep_watcher(self.work_dir, int(marker["watcher_pid"]))
