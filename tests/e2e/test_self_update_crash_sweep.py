@@ -309,6 +309,7 @@ def run_trial(trial: Trial, warm_root: Path, point: str, victims: str, *, system
 def test_a_kill_at_every_point_of_a_self_update_ends_with_one_consistent_daemon(trial, warm_root, point,
                                                                                  victims):
     version = run_trial(trial, warm_root, point, victims)
+    print(f"sweep: kill of the {victims} at {point} -> {version}")  # shown with -rP
     assert version == EXPECTED.get((point, victims), version)
     if version == OLD and point in RETRY:
         # The retry of an update after a failed one (a half-finished unpack of the new build is
