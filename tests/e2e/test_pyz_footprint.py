@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import zipfile
 
 import pytest
@@ -27,4 +28,7 @@ def test_the_pyz_compiles_its_modules_when_it_is_extracted(pyz, run_pyz, shiv_ro
     with zipfile.ZipFile(pyz) as zf:
         assert b'"compile_pyc": true' in zf.read("environment.json")
     assert run_pyz("version").returncode == 0
-    assert list(shiv_root.glob("daemon.pyz_*/site-packages/grpc/__pycache__/_channel.*.pyc"))
+    # grpc is one of the per-interpreter packages (site-packages/_interp/cpXY, build/stage.py)
+    own = "cp{}{}".format(*sys.version_info[:2])
+    assert list(shiv_root.glob(f"daemon.pyz_*/site-packages/_interp/{own}/grpc/__pycache__/_channel.*.pyc"))
+    assert list(shiv_root.glob("daemon.pyz_*/site-packages/yaml/__pycache__/*.pyc"))
