@@ -10,8 +10,9 @@ running as orphans holding that lock, and every later start of the build waited 
   it is held), so it dies with its holder, whatever kills it;
 - a half-finished unpack (`<dir>.tmp`, left by a holder that died) is removed and done again; the
   directory appears in one rename only when complete;
-- bytecode is compiled by one child process (no pool) that exits as soon as its parent is gone, so
-  it never outlives the daemon, and the daemon's own heap never holds the compiler's garbage;
+- bytecode is compiled by child processes (one per CPU, up to 4, each taking every n-th file; no
+  pool forking grandchildren) that exit as soon as their parent is gone, so none outlives the
+  daemon, and the daemon's own heap never holds the compiler's garbage;
 - only this interpreter's packages are compiled (site-packages/_interp/cpXY of the others are not).
 
 Same lock file and layout as shiv's bootstrap, so the two agree if both ever run. Runs on 3.9+,
@@ -26,10 +27,11 @@ import sys
 import time
 import zipfile
 
-# The compile child: the kernel kills it with its parent (PR_SET_PDEATHSIG), and where ctypes is
-# missing a thread ends it the moment its parent (the daemon) is gone.
+# A compile child: the kernel kills it with its parent (PR_SET_PDEATHSIG), and where ctypes is
+# missing a thread ends it the moment its parent (the daemon) is gone. argv: parent pid, directory,
+# regex of paths to skip, this child's index, number of children.
 COMPILE = """\
-import compileall, os, re, sys, threading, time
+import os, py_compile, re, sys, threading, time
 try:
     import ctypes
     ctypes.CDLL(None).prctl(1, 9)
@@ -41,8 +43,16 @@ def orphaned():
         time.sleep(0.05)
     os._exit(1)
 threading.Thread(target=orphaned, daemon=True).start()
-compileall.compile_dir(sys.argv[2], quiet=2, workers=1, rx=re.compile(sys.argv[3]))
+skip, index, count = re.compile(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+files = sorted(os.path.join(d, f) for d, _, names in os.walk(sys.argv[2]) for f in names if f.endswith(".py"))
+for path in files[index::count]:
+    if not skip.search(path):
+        try:
+            py_compile.compile(path, doraise=True)
+        except Exception:
+            pass  # (a file that does not compile for this Python is imported, or not, as it is)
 """
+MAX_COMPILERS = 4
 
 # Test hook (docs/updates.md, "Kill points"): with DAEMON_TEST_PAUSE_AT=unpack the first unpack
 # stops after extracting, before compiling and renaming, once per DAEMON_TEST_PAUSE_FILE.
@@ -79,14 +89,20 @@ def ensure_unpacked(archive: str, target: str, force: bool = False) -> None:
 
 
 def compile_bytecode(site_packages: str) -> None:
-    """Precompile in a child that dies with us; a failure only means imports compile lazily."""
+    """Precompile in children that die with us; a failure only means imports compile lazily."""
     own = "cp%d%d" % sys.version_info[:2]
     skip = r"/_interp/(?!%s/)" % own  # other interpreters' builds: never imported by this one
+    count = max(1, min(os.cpu_count() or 1, MAX_COMPILERS))
+    children = []
     try:
-        subprocess.run([sys.executable, "-I", "-c", COMPILE, str(os.getpid()), site_packages, skip],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=False)
+        for index in range(count):
+            children.append(subprocess.Popen(
+                [sys.executable, "-I", "-c", COMPILE, str(os.getpid()), site_packages, skip, str(index),
+                 str(count)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     except OSError:
         pass
+    for child in children:
+        child.wait()
 
 
 def _test_pause(name: str) -> None:

@@ -496,7 +496,8 @@ class DaemonTarget(FileTarget):
         if marker.get("pid") != me or marker.get("pid_start") != start:
             marker.update(pid=me, pid_start=start)
             fsutil.write_json(marker_path(self.work_dir), marker)
-        watcher = int(marker.get("watcher_pid") or 0)
+        watcher = marker.get("watcher_pid")
+        watcher = watcher if isinstance(watcher, int) and watcher > 0 else 0
         if not (watcher and self._is_watcher(watcher)):
             if watcher:
                 _watcher_alive(watcher, None)  # reaps it, if it died as our child before this start
