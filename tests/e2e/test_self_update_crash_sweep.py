@@ -260,6 +260,28 @@ class Trial:
             return None
         return version
 
+    def diagnose(self) -> str:
+        """What a failed trial's message shows: the daemon's log, the update files, the processes."""
+        def tail(path: Path, lines: int = 40) -> str:
+            try:
+                return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            except OSError as exc:
+                return str(exc)
+
+        return "\n".join([
+            f"processes: {processes_mentioning(str(self.dir))}, main {self.main_pid()}",
+            f"marker: {tail(self.work / 'update' / 'pending.json')}",
+            f"journal: {tail(self.work / 'update' / 'journal.json')}",
+            f"systemd events:\n{tail(self.dir / 'systemd' / 'events.jsonl', 10)}",
+            f"watcher.log:\n{tail(self.work / 'update' / 'watcher.log', 10)}",
+            f"daemon.log:\n{tail(self.work / 'daemon.log')}"])
+
+    def wait(self, cond, what: str, timeout: float = SETTLE_S):
+        try:
+            return wait_until(cond, timeout=timeout, interval=0.05, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnose()}") from None
+
     def stop(self) -> None:
         if self.standin is not None:
             self.standin.terminate()
@@ -287,8 +309,8 @@ def run_trial(trial: Trial, warm_root: Path, point: str, victims: str, *, system
     wait_until(lambda: (trial.status() or {}).get("version") == OLD, timeout=60, interval=0.1,
                what="daemon 1.0.0 answering")
     trial.request_update()
-    paused = wait_until(lambda: trial.pause_file.exists() and trial.pause_file.read_text().strip(),
-                        timeout=120, interval=0.05, what=f"the daemon stopped at {point}")
+    paused = trial.wait(lambda: trial.pause_file.exists() and trial.pause_file.read_text().strip(),
+                        f"the daemon stopped at {point}", timeout=120)
     marker = read_marker(str(trial.work)) or {}
     watcher = int(marker.get("watcher_pid") or 0)
     if victims == "daemon+watcher" and watcher:
@@ -299,8 +321,7 @@ def run_trial(trial: Trial, warm_root: Path, point: str, victims: str, *, system
         wait_until(lambda: not processes_mentioning(str(trial.dir)), timeout=30, interval=0.05,
                    what="every process of the trial gone")
         trial.start_by_hand()
-    return wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what=f"one consistent daemon after a "
-                      f"kill of the {victims} at {point}")
+    return trial.wait(trial.settled, f"one consistent daemon after a kill of the {victims} at {point}")
 
 
 @pytest.mark.timeout(420)
@@ -316,7 +337,7 @@ def test_a_kill_at_every_point_of_a_self_update_ends_with_one_consistent_daemon(
         # redone; no lock left by the killed daemon holds it up).
         first = trial.main_pid()
         trial.request_update()
-        assert wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what="the retried update") == NEW
+        assert trial.wait(trial.settled, "the retried update") == NEW
         assert trial.main_pid() == first  # exec'd in place, as systemd's main process
 
 
@@ -339,7 +360,7 @@ def test_a_watcher_killed_while_the_update_is_pending_is_replaced_and_reaped(tri
     assert proc_stat(second)[1] == daemon  # the daemon's own child, so it can reap it
     wait_until(lambda: proc_stat(first) is None, timeout=10, interval=0.05, what="the dead watcher reaped")
     kill(daemon)  # and the new watcher still does its job: the previous daemon comes back
-    assert wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what="one consistent daemon") == OLD
+    assert trial.wait(trial.settled, "one consistent daemon") == OLD
 
 
 @pytest.mark.timeout(300)
@@ -353,4 +374,4 @@ def test_without_systemd_the_watcher_or_one_start_by_hand_ends_with_one_consiste
     assert run_trial(trial, warm_root, point, victims, systemd=False) == expected
     if expected == OLD:
         trial.request_update()
-        assert wait_until(trial.settled, timeout=SETTLE_S, interval=0.1, what="the retried update") == NEW
+        assert trial.wait(trial.settled, "the retried update") == NEW
