@@ -58,7 +58,7 @@ from daemon_app.update.manifest import (
     verify_signature,
 )
 from daemon_app.update.state import Journal, UpdateState, update_dir
-from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256
+from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256, holds
 from daemon_app.update.versions import Version, is_valid
 
 log = logging.getLogger(__name__)
@@ -484,7 +484,7 @@ class Updater:
                               new_version=str(entry.get("version", "")))
         report = self._reporter(result, progress)
         phase = entry.get("phase")
-        if phase in ("downloaded", "backed_up") and _holds(target.path, entry.get("sha256")):
+        if phase in ("downloaded", "backed_up") and holds(target.path, entry.get("sha256")):
             # Killed between the rename and the journal's record of it: the disk is the truth.
             log.warning("update of %s to %s was interrupted (%s) after the swap: %s holds the new file",
                         component, result.new_version, phase, target.path)
@@ -595,14 +595,6 @@ def _peek_version(raw: bytes) -> str:
         return value if isinstance(value, str) and len(value) < 64 else ""
     except (ValueError, AttributeError):
         return ""
-
-
-def _holds(path: str, sha256: object) -> bool:
-    """Does `path` hold the file with this SHA-256 (the new one)?"""
-    try:
-        return isinstance(sha256, str) and bool(sha256) and file_sha256(path) == sha256
-    except OSError:
-        return False
 
 
 def _existing_parent(path: str) -> str:

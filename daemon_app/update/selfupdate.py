@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 from daemon_app.update import fsutil, install, testpoint
 from daemon_app.update.errors import InstallError, SelfUpdateUnavailableError
 from daemon_app.update.state import Journal, UpdateState, update_dir
-from daemon_app.update.targets import FileTarget, InstallContext, file_sha256
+from daemon_app.update.targets import FileTarget, InstallContext, file_sha256, holds
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ class DaemonTarget(FileTarget):
             if marker is None:
                 return super().resume(ctx)
             status = marker.get("status")
-            if status == PENDING and not self._holds(marker.get("sha256")):
+            if status == PENDING and not holds(self.path, marker.get("sha256")):
                 # The new file is not there (put back without the marker knowing): nothing to watch.
                 marker.update(status=ABORTED, reason=f"{self.path} no longer holds the new build")
                 fsutil.write_json(marker_path(self.work_dir), marker)
@@ -465,12 +465,6 @@ class DaemonTarget(FileTarget):
             return False
         return os.fsencode(marker_path(self.work_dir)) in argv and _state(pid) not in ("Z", "X", None)
 
-    def _holds(self, sha256: Any) -> bool:
-        try:
-            return bool(sha256) and file_sha256(self.path) == sha256
-        except OSError:
-            return False
-
     def _restart_if_undone(self, marker: dict[str, Any]) -> None:
         """This process runs the new build, but the update was undone (the watcher put the previous
         pyz back while we started): become the daemon on disk, which settles and reports it."""
@@ -479,7 +473,7 @@ class DaemonTarget(FileTarget):
         new, old = marker.get("new_version"), marker.get("old_version")
         if not (self._running_this and self.restart and __version__ == new and new != old):
             return
-        if not self._holds(marker.get("old_sha256")):
+        if not holds(self.path, marker.get("old_sha256")):
             return
         log.warning("self-update to %s was undone while this daemon started; restarting into %s (%s)",
                     new, self.path, old)

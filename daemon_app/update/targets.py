@@ -82,6 +82,14 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def holds(path: str, sha256: object) -> bool:
+    """Does `path` hold the file with this SHA-256? (False when it is missing or unreadable.)"""
+    try:
+        return isinstance(sha256, str) and bool(sha256) and file_sha256(path) == sha256
+    except OSError:
+        return False
+
+
 class FileTarget:
     """A plain file: installed means the right bytes are in place (no process to restart)."""
 
