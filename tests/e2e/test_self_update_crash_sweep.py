@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,13 +229,33 @@ class Trial:
 
         def submitted() -> bool:
             try:
-                return bool(control.request(self.sock, "update", args))
+                job = control.request(self.sock, "update", args)["id"]
             except ControlError as exc:
                 if "unknown command" not in str(exc):
                     raise
                 return False
+            return self._under_way(job)
 
-        wait_until(submitted, timeout=30, interval=0.1, what="the update service")
+        wait_until(submitted, timeout=60, interval=0.1, what="the update service")
+
+    def _under_way(self, job: str) -> bool:
+        """False if the job was refused because the start-up recovery still held the update lock
+        (the update service answers a moment before that recovery ends): then it is asked again."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                view = control.request(self.sock, "update-progress", {"id": job}, timeout=5)
+            except ControlError:
+                return True  # this daemon is gone (exec'd or paused past answering): it got going
+            states = [s["state"] for s in view["states"]]
+            if "installing" in states:
+                return True
+            if view["done"]:
+                error = (view["result"] or {}).get("error", "")
+                assert "another update is in progress" in error, view
+                return False
+            time.sleep(0.05)
+        raise AssertionError(f"update {job} neither went on nor ended\n{self.diagnose()}")
 
     def settled(self) -> str | None:
         """The version, once the trial is in its one consistent end state; None before that."""
