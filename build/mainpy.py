@@ -16,6 +16,8 @@ starts, so the daemon's own `import hashlib` (an update's SHA-256) gets OpenSSL'
 Before all that, the new __main__.py compares the interpreter and the machine with the ones the
 build is for (_build.json: arch, pythons): Python 3.8, PyPy or an x86_64 pyz on aarch64 get one
 line saying what the pyz needs and exit 69 (EX_UNAVAILABLE), not a traceback from deep inside.
+Then it unpacks the pyz with build/unpack.py (added as _daemon_unpack.py) instead of shiv's
+bootstrap, whose compile workers could outlive a killed daemon while holding the unpack lock.
 Entries, their order, dates and modes are kept: the output is as reproducible as shiv's.
 """
 
@@ -49,8 +51,16 @@ if _here != ("cpython", _here[1], ARCH) or "%d.%d" % _here[1] not in PYTHONS:
     sys.exit(69)  # EX_UNAVAILABLE
 sys.modules["_hashlib"] = None
 import _bootstrap
+import _daemon_unpack
+with _bootstrap.current_zipfile() as _zf:
+    _env = _bootstrap.Environment.from_json(_zf.read("environment.json").decode())
+    _target = _bootstrap.cache_path(_zf, _env.root, _env.build_id)
+_daemon_unpack.ensure_unpacked(sys.argv[0], str(_target), _env.force_extract)
+os.environ.pop("SHIV_FORCE_EXTRACT", None)  # done above: shiv's bootstrap must not unpack again
 _bootstrap.bootstrap()
 """
+UNPACK_NAME = "_daemon_unpack.py"
+UNPACK_SOURCE = Path(__file__).with_name("unpack.py")
 
 
 def main_py(build: dict) -> bytes:
@@ -106,6 +116,9 @@ def rewrite(pyz: Path, interp: Path | None = None) -> None:
                 if b"import _bootstrap" not in data:
                     sys.exit(f"build: unexpected __main__.py in {pyz}: {data!r}")
                 dst.writestr(info, main_py(build))
+                unpack = zipfile.ZipInfo(UNPACK_NAME, info.date_time)
+                unpack.external_attr, unpack.compress_type = info.external_attr, info.compress_type
+                dst.writestr(unpack, UNPACK_SOURCE.read_bytes())
                 found = info
             if not found:
                 sys.exit(f"build: {pyz} has no __main__.py")

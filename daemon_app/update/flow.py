@@ -21,7 +21,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from typing import Any
 from daemon_app import fsutil
 from daemon_app.compat import UTC
 from daemon_app.errors import DaemonError
-from daemon_app.update import download, install
+from daemon_app.update import download, install, testpoint
 from daemon_app.update.errors import (
     ComponentMismatchError,
     ExpiredManifestError,
@@ -62,7 +61,7 @@ from daemon_app.update.manifest import (
     verify_signature,
 )
 from daemon_app.update.state import Journal, UpdateState, update_dir
-from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256
+from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256, holds
 from daemon_app.update.versions import Version, is_valid
 
 log = logging.getLogger(__name__)
@@ -74,14 +73,10 @@ COMPLETED, ROLLED_BACK, FAILED = "completed", "rolled_back", "failed"
 STATES = (DOWNLOADING, VERIFYING, INSTALLING, RESTARTING, WATCHING, COMPLETED, ROLLED_BACK, FAILED)
 
 # Test hook, documented in docs/updates.md: the updater SIGKILLs itself at this named point.
-CRASH_ENV = "DAEMON_TEST_CRASH_AT"
+CRASH_ENV = testpoint.CRASH_ENV
 
 Progress = Callable[..., None]
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+_crash_point = testpoint.reached
 
 
 @dataclass
@@ -400,6 +395,7 @@ class Updater:
                 install.swap(package, target.path)
             except OSError as exc:
                 raise InstallError(f"install: cannot replace {target.path}: {exc}") from exc
+            _crash_point("swap_window")  # the new file is in place, the journal does not say so yet
             try:
                 journal.write("swapped")
             except OSError as exc:
@@ -486,6 +482,9 @@ class Updater:
         entry = self.journal.read()
         self._clean_downloads()
         if entry is None:
+            from daemon_app.update.selfupdate import settle_without_journal
+
+            settle_without_journal(self.work_dir)
             return None
         component = str(entry.get("component"))
         target = self.target(component)
@@ -494,8 +493,21 @@ class Updater:
                               new_version=str(entry.get("version", "")))
         report = self._reporter(result, progress)
         phase = entry.get("phase")
+        if phase in ("downloaded", "backed_up") and holds(target.path, entry.get("sha256")):
+            # Killed between the rename and the journal's record of it: the disk is the truth.
+            log.warning("update of %s to %s was interrupted (%s) after the swap: %s holds the new file",
+                        component, result.new_version, phase, target.path)
+            entry = self.journal.write("swapped")
+            phase = "swapped"
         if phase in ("downloaded", "backed_up"):
+            undone = target.abandon()
             self.journal.clear()
+            if undone:
+                result.rolled_back = True
+                result.error = (f"{HealthCheckError.code} update to {result.new_version}: {undone}; "
+                                f"restored {result.old_version or 'the previous file'}")
+                report(ROLLED_BACK, 0.0, result.error)
+                return result
             result.error = (f"{InstallError.code} update interrupted ({phase}) before the swap; "
                             f"{target.path} was not changed")
             report(FAILED, 0.0, result.error)

@@ -15,6 +15,13 @@ Sequence (docs/updates.md has the picture):
      `systemctl restart <unit>` (whatever the exit status was, whatever Restart= says), otherwise
      itself; the old daemon's recover() then reports `rolled_back` with the watcher's reason.
 Marker transitions (commit vs. roll back) take an flock on pending.json.lock, so exactly one wins.
+
+A kill -9 can land anywhere in this sequence (docs/updates.md, "Kill points"). Recovery believes the
+disk, not the journal alone: the file at the target is hashed against the marker's old and new
+hashes; a marker whose swap never happened is dropped; a marker whose watcher is gone gets a new
+watcher; a daemon that finds the update undone under it restarts into the file on disk. The watcher
+is reaped by the daemon it belongs to (it is that pid's child across the exec), and a watcher that
+dies while the update is pending is started again.
 """
 
 from __future__ import annotations
@@ -24,20 +31,22 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from daemon_app import fsutil
-from daemon_app.update import install
+from daemon_app.update import install, testpoint
 from daemon_app.update.errors import InstallError, SelfUpdateUnavailableError
 from daemon_app.update.state import Journal, UpdateState, read_json, update_dir
-from daemon_app.update.targets import FileTarget, InstallContext
+from daemon_app.update.targets import FileTarget, InstallContext, file_sha256, holds
 
 log = logging.getLogger(__name__)
 
 PENDING, COMMITTED, ROLLED_BACK, ABORTED = "pending", "committed", "rolled_back", "aborted"
+WATCHER_POLL_S = 0.2  # how soon a dead watcher is reaped (and, while pending, replaced)
 
 WATCHER_SOURCE = r'''"""daemon.pyz self-update watcher, written by the previous daemon (stdlib only).
 
@@ -208,12 +217,18 @@ def _marker_lock(work_dir: str) -> Iterator[None]:
         yield
 
 
-def process_start(pid: int) -> str | None:
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the state field on ([0] state, [19] start time); [] when gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def process_start(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def start_watcher(work_dir: str) -> int:
@@ -228,6 +243,43 @@ def start_watcher(work_dir: str) -> int:
                                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd="/",
                                 env=_watcher_env())
     return proc.pid
+
+
+def keep_watcher(work_dir: str, pid: int) -> None:
+    """Look after the watcher `pid` from this daemon: reap it when it exits (it is our child, also
+    after the exec) and, if it died while the update is still pending, start another one."""
+    threading.Thread(target=_keep_watcher, args=(work_dir, pid), name="update-watcher", daemon=True).start()
+
+
+def _keep_watcher(work_dir: str, pid: int) -> None:
+    start = process_start(pid)
+    while True:
+        while _watcher_alive(pid, start):
+            time.sleep(WATCHER_POLL_S)
+        with _marker_lock(work_dir):
+            marker = read_marker(work_dir)
+            if not marker or marker.get("status") != PENDING or marker.get("watcher_pid") != pid:
+                return
+            pid = start_watcher(work_dir)
+            start = process_start(pid)
+            log.warning("self-update watcher (pid %s) died while the update to %s is pending; started "
+                        "another (pid %d)", marker.get("watcher_pid"), marker.get("new_version"), pid)
+            marker["watcher_pid"] = pid
+            fsutil.write_json(marker_path(work_dir), marker)
+
+
+def _watcher_alive(pid: int, start: str | None) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False  # it was our child: exited, and now reaped
+    except ChildProcessError:
+        pass  # not ours (a daemon before us started it): /proc tells
+    return start is not None and process_start(pid) == start and _state(pid) not in ("Z", "X", None)
+
+
+def _state(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[0] if fields else None
 
 
 def _watcher_env() -> dict[str, str]:
@@ -262,9 +314,26 @@ def commit_pending_update(work_dir: str, *, backup_dir: str | None = None,
         install.prune_backups(backup_dir, "daemon", max_backups)
     Journal(work_dir).clear()
     fsutil.unlink_quietly(marker_path(work_dir))
+    fsutil.fsync_dir(update_dir(work_dir))
     log.info("daemon self-update to %s committed", version)
     return {"component": "daemon", "success": True, "old_version": old, "new_version": version,
             "error": "", "rolled_back": False}
+
+
+def settle_without_journal(work_dir: str) -> None:
+    """A marker with no update journal (killed between a commit's last two steps, or left by hand)
+    describes nothing in flight: drop it, so that no `pending` marker outlives its update."""
+    with _marker_lock(work_dir):
+        marker = read_marker(work_dir)
+        if marker is None:
+            return
+        if marker.get("status") == PENDING:
+            # A watcher still alive sees "aborted" and leaves the file alone.
+            marker["status"] = ABORTED
+            fsutil.write_json(marker_path(work_dir), marker)
+            log.warning("self-update marker for %s pending with no update in flight; dropped",
+                        marker.get("new_version"))
+        fsutil.unlink_quietly(marker_path(work_dir))
 
 
 def under_systemd() -> bool:
@@ -328,6 +397,7 @@ class DaemonTarget(FileTarget):
         marker = {
             "status": PENDING, "target": os.path.abspath(self.path), "backup": ctx.backup_path,
             "new_version": ctx.version, "old_version": ctx.old_version, "sha256": ctx.sha256,
+            "old_sha256": file_sha256(ctx.backup_path),
             "deadline": time.time() + deadline_s, "deadline_s": deadline_s,
             "pid": os.getpid(), "pid_start": process_start(os.getpid()),
             "python": sys.executable, "args": sys.argv[1:], "systemd": under_systemd(),
@@ -335,14 +405,18 @@ class DaemonTarget(FileTarget):
             "mode": os.stat(self.path).st_mode & 0o7777,
         }
         fsutil.write_json(marker_path(self.work_dir), marker)
-        marker["watcher_pid"] = start_watcher(self.work_dir)
-        fsutil.write_json(marker_path(self.work_dir), marker)
+        testpoint.reached("before_watcher")
+        with _marker_lock(self.work_dir):
+            marker["watcher_pid"] = start_watcher(self.work_dir)
+            fsutil.write_json(marker_path(self.work_dir), marker)
+        keep_watcher(self.work_dir, marker["watcher_pid"])
         try:
             ctx.swap()
         except BaseException:
             self._abort()
             raise
         ctx.progress("restarting", message=f"restarting into daemon {ctx.version}")
+        testpoint.reached("before_exec")
         self.restart()
         self._abort()
         raise InstallError("self-update: the restart returned instead of replacing the process")
@@ -355,34 +429,88 @@ class DaemonTarget(FileTarget):
                 fsutil.write_json(marker_path(self.work_dir), marker)
 
     def resume(self, ctx: InstallContext) -> bool | None:
-        marker = read_marker(self.work_dir)
-        if marker is None:
-            return super().resume(ctx)
-        status = marker.get("status")
+        """After the swap: decide from the marker AND the file on disk, under the marker lock (the
+        watcher may be deciding at the same moment)."""
+        with _marker_lock(self.work_dir):
+            marker = read_marker(self.work_dir)
+            if marker is None:
+                return super().resume(ctx)
+            status = marker.get("status")
+            if status == PENDING and not holds(self.path, marker.get("sha256")):
+                # The new file is not there (put back without the marker knowing): nothing to watch.
+                marker.update(status=ABORTED, reason=f"{self.path} no longer holds the new build")
+                fsutil.write_json(marker_path(self.work_dir), marker)
+                status = ABORTED
+            if status == PENDING:
+                self._adopt_watch(marker)
         if status == COMMITTED:
             fsutil.unlink_quietly(marker_path(self.work_dir))
             return True
         if status != PENDING:
+            self._restart_if_undone(marker)
             ctx.extra["reason"] = marker.get("reason", f"self-update {status}")
             fsutil.unlink_quietly(marker_path(self.work_dir))
             return False
-        self._adopt_watch(marker)
         ctx.progress("watching", message=f"daemon {ctx.version} running; it must prove healthy before "
                                           f"{time.strftime('%H:%M:%S', time.localtime(marker['deadline']))}")
         return None
 
+    def abandon(self) -> str | None:
+        """Killed before the swap: the old file is in place and runs. Drop the marker (a watcher
+        still alive sees "aborted" and leaves); if the watcher had rolled back already, say why."""
+        with _marker_lock(self.work_dir):
+            marker = read_marker(self.work_dir)
+            if marker is None:
+                return None
+            status = marker.get("status")
+            if status == PENDING:
+                marker["status"] = ABORTED
+                fsutil.write_json(marker_path(self.work_dir), marker)
+            fsutil.unlink_quietly(marker_path(self.work_dir))
+        return str(marker.get("reason") or "rolled back") if status == ROLLED_BACK else None
+
+    def _is_watcher(self, pid: int) -> bool:
+        """A live watcher of this marker (not a zombie, not a reused pid)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            return False
+        return os.fsencode(marker_path(self.work_dir)) in argv and _state(pid) not in ("Z", "X", None)
+
+    def _restart_if_undone(self, marker: dict[str, Any]) -> None:
+        """This process runs the new build, but the update was undone (the watcher put the previous
+        pyz back while we started): become the daemon on disk, which settles and reports it."""
+        from daemon_app import __version__
+
+        new, old = marker.get("new_version"), marker.get("old_version")
+        if not (self._running_this and self.restart and __version__ == new and new != old):
+            return
+        if not holds(self.path, marker.get("old_sha256")):
+            return
+        log.warning("self-update to %s was undone while this daemon started; restarting into %s (%s)",
+                    new, self.path, old)
+        try:
+            self.restart()
+        except Exception as exc:  # the daemon is stopping anyway: whoever starts it next runs the file
+            log.warning("self-update: cannot restart into %s: %s", self.path, exc)
+
     def _adopt_watch(self, marker: dict[str, Any]) -> None:
         """After exec the pid is ours already; after a crash and a fresh start it is not: take the
-        watch over, and start a watcher again if none is alive (e.g. after a reboot)."""
-        with _marker_lock(self.work_dir):
-            me, start = os.getpid(), process_start(os.getpid())
-            if marker.get("pid") != me or marker.get("pid_start") != start:
-                marker.update(pid=me, pid_start=start)
-                fsutil.write_json(marker_path(self.work_dir), marker)
-            watcher = marker.get("watcher_pid")
-            if not (watcher and process_start(int(watcher))):
-                marker["watcher_pid"] = start_watcher(self.work_dir)
-                fsutil.write_json(marker_path(self.work_dir), marker)
+        watch over, and start a watcher again if none is alive (killed with the daemon, a reboot).
+        Called with the marker lock held."""
+        me, start = os.getpid(), process_start(os.getpid())
+        if marker.get("pid") != me or marker.get("pid_start") != start:
+            marker.update(pid=me, pid_start=start)
+            fsutil.write_json(marker_path(self.work_dir), marker)
+        watcher = marker.get("watcher_pid")
+        watcher = watcher if isinstance(watcher, int) and watcher > 0 else 0
+        if not (watcher and self._is_watcher(watcher)):
+            if watcher:
+                _watcher_alive(watcher, None)  # reaps it, if it died as our child before this start
+            marker["watcher_pid"] = start_watcher(self.work_dir)
+            fsutil.write_json(marker_path(self.work_dir), marker)
+        keep_watcher(self.work_dir, int(marker["watcher_pid"]))
 
     def reinstall(self, install_fn: Callable[[], None], version: str | None) -> bool:
         install_fn()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon_app.errors import AgentStartError, ControlError, DaemonError
-from daemon_app.update import commands
+from daemon_app.update import commands, testpoint
 from daemon_app.update.errors import MalformedManifestError, UpdateInProgressError
 from daemon_app.update.flow import COMPLETED, FAILED, ROLLED_BACK, Updater, UpdateRequest, UpdateResult
 from daemon_app.update.manifest import COMPONENTS
@@ -164,6 +164,7 @@ class UpdateService:
         if entry is None:
             self._updater().recover()  # nothing interrupted: only removes stray downloads
             return
+        testpoint.reached("new_start")
         request_id = str(entry.get("request_id") or "") or f"recovery-{uuid.uuid4().hex[:12]}"
         self._submit("recover", str(entry.get("component") or ""), request_id,
                      from_manager=_from_manager(request_id), work=self._recover)
@@ -345,8 +346,10 @@ class UpdateService:
         if not self.healthy():
             return
         self.engine.scheduler.cancel(COMMIT_TASK)
+        testpoint.reached("before_commit")
         result = commit_pending_update(cfg.daemon.work_dir, backup_dir=cfg.update.backup_dir,
                                        max_backups=cfg.update.max_backups)
+        testpoint.reached("after_commit")
         self._awaiting = None
         if result is not None:
             message = f"daemon {result['new_version']} is healthy; self-update committed"

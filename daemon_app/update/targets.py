@@ -69,6 +69,10 @@ class Target(Protocol):
         """Run `install` (put a file in place) with whatever stop/start the component needs; True if
         `version` then runs healthy."""
 
+    def abandon(self) -> str | None:
+        """After a crash before the swap (the file on disk is the old one): drop what the target set
+        up for the swap. Returns why, if something other than the Updater had already undone it."""
+
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
@@ -76,6 +80,14 @@ def file_sha256(path: str) -> str:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def holds(path: str, sha256: object) -> bool:
+    """Does `path` hold the file with this SHA-256? (False when it is missing or unreadable.)"""
+    try:
+        return isinstance(sha256, str) and bool(sha256) and file_sha256(path) == sha256
+    except OSError:
+        return False
 
 
 class FileTarget:
@@ -102,6 +114,9 @@ class FileTarget:
     def reinstall(self, install: Callable[[], None], version: str | None) -> bool:
         install()
         return True
+
+    def abandon(self) -> str | None:
+        return None
 
 
 class AgentTarget(FileTarget):
