@@ -47,13 +47,11 @@ class _Program(click.Group):
 
 
 @click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name=PROGRAM,
-                      message="%(prog)s %(version)s")
+@click.version_option(__version__, "-V", "--version", prog_name=PROGRAM, message=(
+    f"%(prog)s %(version)s (python {platform.python_version()} on {platform.machine()})"))
 @click.option("-c", "--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
               type=click.Path(dir_okay=False), help="Config file (default: $DAEMON_CONFIG, else built-in "
               "defaults).")
-@click.version_option(__version__, "--version", message=(
-    f"daemon %(version)s (python {platform.python_version()} on {platform.machine()})"))
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """daemon.pyz: collect host metrics, supervise the Agent, report to the Manager, update safely.

@@ -334,7 +334,8 @@ def test_config_check_catches_missing_and_mismatched_manager_tls_files(pyz, scra
 def test_version_flag_and_help_name_the_program_daemon_pyz(pyz, scratch):
     version = run(pyz, scratch, "--version")
     assert version.returncode == 0
-    assert re.fullmatch(r"daemon\.pyz \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
+    assert re.fullmatch(r"daemon\.pyz \d+\.\d+\.\d+\S* \(python 3\.\d+\.\d+\S* on \w+\)\n", version.stdout), \
+        version.stdout
     helped = run(pyz, scratch, "--help")
     assert helped.stdout.startswith("Usage: daemon.pyz [OPTIONS] COMMAND [ARGS]...")
     assert "daemon.pyz config check" in helped.stdout
