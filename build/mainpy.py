@@ -16,6 +16,8 @@ starts, so the daemon's own `import hashlib` (an update's SHA-256) gets OpenSSL'
 Before all that, the new __main__.py compares the interpreter and the machine with the ones the
 build is for (_build.json: arch, pythons): Python 3.8, PyPy or an x86_64 pyz on aarch64 get one
 line saying what the pyz needs and exit 69 (EX_UNAVAILABLE), not a traceback from deep inside.
+It also has shiv compile in this process (SHIV_COMPILE_WORKERS=1 unless set): shiv's default
+process pool fails without /dev/shm (minimal containers and chroots) with a traceback.
 Entries, their order, dates and modes are kept: the output is as reproducible as shiv's.
 """
 
@@ -47,6 +49,9 @@ if _here != ("cpython", _here[1], ARCH) or "%d.%d" % _here[1] not in PYTHONS:
                      "%s %d.%d on %s\\n" % (PYTHONS[0], PYTHONS[-1], ARCH, _impl, _here[1][0], _here[1][1],
                                             _here[2]))
     sys.exit(69)  # EX_UNAVAILABLE
+# shiv compiles what it unpacks with a process pool by default, which needs /dev/shm (a SemLock)
+# and starts more interpreters; one worker in this process works on every host.
+os.environ.setdefault("SHIV_COMPILE_WORKERS", "1")
 sys.modules["_hashlib"] = None
 import _bootstrap
 _bootstrap.bootstrap()
