@@ -29,10 +29,11 @@ pyz: venv
 	PYTHON=$(PY) ARCH=aarch64 build/shiv.sh
 	cp -f dist/daemon-$$(uname -m).pyz dist/daemon.pyz
 
-# The pyz inside Debian 11 (python3 3.9) and 13 (3.13) root filesystems, cached in
-# ~/.cache/daemon-compat (root; debootstrap; deb.debian.org). See tests/compat.
+# The pyz inside Debian 11 (python3 3.9) and 13 (3.13) root filesystems, and the aarch64 pyz in a
+# Debian 13 arm64 one under qemu-user; cached in ~/.cache/daemon-compat (root; debootstrap,
+# qemu-user-static; deb.debian.org). See tests/compat.
 compat: venv pyz
-	$(PY) -m tests.compat.rootfs ensure bullseye trixie
+	$(PY) -m tests.compat.rootfs ensure bullseye trixie trixie:aarch64
 	DAEMON_COMPAT=1 $(PY) -m pytest -q tests/compat -p no:cacheprovider
 
 bench: venv pyz

@@ -1,6 +1,6 @@
 """Minimal Debian root filesystems, each with its distribution's own python3, to run the pyz in.
 
-    python -m tests.compat.rootfs ensure bullseye trixie     (what `make compat` runs first)
+    python -m tests.compat.rootfs ensure bullseye trixie trixie:aarch64   (what `make compat` runs first)
 
 A root is made once with `debootstrap --variant=minbase --include=python3 SUITE` (2-3 minutes) and
 kept in the cache ($DAEMON_COMPAT_CACHE, default ~/.cache/daemon-compat: outside the repository,
@@ -36,8 +36,16 @@ def root_path(suite: str, arch: str = "x86_64") -> Path:
     return cache_dir() / f"{suite}-{DEB_ARCH[arch]}"
 
 
+def qemu_binary(arch: str) -> Path:
+    return Path(f"/usr/bin/qemu-{arch}-static")
+
+
 def ensure(suite: str, arch: str = "x86_64") -> Path:
-    """The cached root of `suite`, made with debootstrap when missing."""
+    """The cached root of `suite`, made with debootstrap when missing. A root of another
+    architecture (aarch64 on x86_64) is unpacked only (`--foreign`, then every downloaded package
+    extracted with dpkg-deb: its maintainer scripts would need emulation), with qemu-user's static
+    emulator copied in to run its python3 explicitly (no binfmt_misc registration: that is a
+    change to the whole machine)."""
     root = root_path(suite, arch)
     if (root / "usr" / "bin" / "python3").exists():
         return root
@@ -47,13 +55,21 @@ def ensure(suite: str, arch: str = "x86_64") -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     log = root.with_name(root.name + ".log")
+    foreign = arch != os.uname().machine
+    if foreign and not qemu_binary(arch).exists():
+        raise RuntimeError(f"{qemu_binary(arch)} is missing (apt-get install qemu-user-static; .ci/run does)")
     with open(log, "w") as out:
         proc = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3",
+                               *(["--foreign"] if foreign else []),
                                f"--arch={DEB_ARCH[arch]}", suite, str(partial), MIRROR],
                               stdout=out, stderr=subprocess.STDOUT, timeout=1800)
     if proc.returncode != 0:
         tail = log.read_text().splitlines()[-5:]
         raise RuntimeError(f"debootstrap {suite} failed ({proc.returncode}), see {log}:\n" + "\n".join(tail))
+    if foreign:
+        for deb in sorted((partial / "var" / "cache" / "apt" / "archives").glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
+        shutil.copy2(qemu_binary(arch), partial / "usr" / "bin" / qemu_binary(arch).name)
     os.replace(partial, root)
     return root
 
@@ -86,4 +102,5 @@ if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] != "ensure":
         sys.exit(__doc__)
     for name in sys.argv[2:]:
-        print(ensure(name))
+        suite, _, arch = name.partition(":")  # bullseye, trixie:aarch64
+        print(ensure(suite, arch or "x86_64"))
