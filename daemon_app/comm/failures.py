@@ -95,7 +95,7 @@ def describe_failure(exc: BaseException, phase: str, mcfg: Any, node_id: str,
     """`exc` from a call made in `phase` (connect, commands, report, heartbeat, status) as a
     D-coded error whose text says what failed and why. `lost_with` is what ended the connection
     under the call, when known: a TLS alert the Manager sent after the handshake shows only there.
-    `silent`: the Manager closed the connection after the TLS handshake without sending anything."""
+    `silent`: the connection ended after the TLS handshake (counts only before Register is answered)."""
     address = mcfg.address
     min_version = str(getattr(mcfg.tls, "min_version", "1.3"))
     status = getattr(exc, "status", None)
@@ -118,7 +118,7 @@ def describe_failure(exc: BaseException, phase: str, mcfg: Any, node_id: str,
     if silent and phase == "connect" and status is None and not isinstance(exc, asyncio.TimeoutError):
         return ManagerConnectError(
             f"cannot connect to manager {address}: the Manager closed the connection right after the TLS "
-            f"handshake without a word: most likely it refused this daemon's client certificate "
+            f"handshake, before answering Register: most likely it refused this daemon's client certificate "
             f"(manager.tls.cert_file: not signed by a CA the Manager trusts, expired or revoked)")
     if isinstance(exc, asyncio.TimeoutError):
         cause = f"no answer within manager.timeout ({mcfg.timeout:g}s)"

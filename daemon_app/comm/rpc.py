@@ -41,19 +41,17 @@ class _LinkProtocol(H2Protocol):
 
     lost: BaseException | None = None
     handshake_done = False  # asyncio calls connection_made once the TLS handshake completed
-    heard = False  # any byte from the Manager after the handshake
+    ended = False  # connection_lost was called
 
     def connection_made(self, transport: Any) -> None:
         self.handshake_done = True
         super().connection_made(transport)
         self.connection._transport = _AbortOnClose(transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.heard = True
-        super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = exc
+        self.ended = True
         super().connection_lost(exc)
 
 
@@ -69,11 +67,12 @@ class LinkChannel(Channel):
 
     @property
     def silent_after_handshake(self) -> bool:
-        """The latest connection completed the TLS handshake, then ended before the Manager sent a
-        byte. With TLS 1.3 the server checks the client certificate after the handshake, and its
-        alert is often lost when it closes the connection: this is how a refusal looks."""
+        """The latest connection completed the TLS handshake and has ended. With TLS 1.3 the server
+        checks the client certificate after the handshake, and its alert is often lost when it
+        closes the connection (the client's write fails first): when that happens before Register
+        is answered, this is how a refused certificate looks."""
         p = self.last_protocol
-        return p is not None and p.handshake_done and not p.heard and p.lost is not None
+        return p is not None and p.handshake_done and p.ended
 
     @property
     def lost_with(self) -> BaseException | None:
