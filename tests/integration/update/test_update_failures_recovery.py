@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from daemon_app.update.state import Journal, UpdateState
-from tests.helpers import ROOT
+from tests.helpers import ROOT, base_config, wait_until, write_config
 from tests.integration.update.test_crash_recovery import run_cli_update
 from tests.update_support import ProcessSupervisor, agent_script
 
@@ -131,3 +131,94 @@ def test_recovery_leaves_the_journal_alone_while_another_process_holds_the_updat
     result = env.updater().recover(env.progress)
     assert result is not None and result.error.startswith("D4003 update interrupted (backed_up)")
     assert Journal(str(env.work)).read() is None and agent.read_bytes() == old
+
+
+# --- kill -9 during the health check (journal phase "verifying") --------------------------------
+
+GATED_AGENT = """#!{python}
+import os, pathlib, time
+version_file = pathlib.Path(os.environ["AGENT_VERSION_FILE"])
+with open(version_file.with_name("agent.pids"), "a") as fh:
+    fh.write("%d\\n" % os.getpid())
+# Silent until the test allows it: the updater is still waiting for this heartbeat when it is killed.
+go, deadline = version_file.with_name("go"), time.monotonic() + 120
+while not go.exists() and time.monotonic() < deadline:
+    time.sleep(0.02)
+version_file.write_text({version!r})
+time.sleep(600)
+"""
+
+UPDATER_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from daemon_app import config
+from daemon_app.update.flow import Updater, UpdateRequest
+from tests.update_support import ProcessSupervisor
+
+cfg = config.load({config!r})
+sup = ProcessSupervisor(cfg.agent.binary_path, Path({work!r}))
+sup.start_agent()
+Updater(cfg, supervisor=sup).run(UpdateRequest.from_dir("agent", {release!r}, file={release!r} + "/package"))
+"""
+
+
+def _stop_orphans(work) -> None:
+    """A kill -9 of the updater leaves its Agent running; the daemon would adopt it, the test's
+    supervisor stand-in cannot, so it is stopped here (as a reboot would)."""
+    try:
+        pids = [int(p) for p in (work / "agent.pids").read_text().split()]
+    except FileNotFoundError:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("heartbeats_after_restart", [True, False], ids=["new-agent-healthy", "still-silent"])
+def test_kill_9_during_the_health_check_is_settled_by_checking_again(env, heartbeats_after_restart) -> None:
+    agent = env.work / "bin" / "agent"
+    agent.write_bytes(agent_script("1.0.0"))
+    old = agent.read_bytes()
+    rel = env.release("2.0.0", GATED_AGENT.format(python=sys.executable, version="2.0.0").encode())
+    cfg_path = write_config(env.work / "daemon.yaml", base_config(
+        env.work, agent={"binary_path": str(agent)}, update={"min_free_bytes": 0, "verify_timeout": "60s"}))
+    child = subprocess.Popen([sys.executable, "-c", UPDATER_CHILD.format(
+        root=str(ROOT), config=cfg_path, work=str(env.work), release=str(rel))], cwd=str(ROOT))
+    try:
+        wait_until(lambda: (Journal(str(env.work)).read() or {}).get("phase") == "verifying", timeout=30,
+                   what="the update to wait for the new Agent's heartbeat")
+        child.kill()
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        _stop_orphans(env.work)
+    assert agent.read_bytes() == (rel / "package").read_bytes()
+
+    if heartbeats_after_restart:
+        (env.work / "go").touch()
+    env.reconfigure(verify_timeout="5s" if heartbeats_after_restart else "1s")
+    sup = ProcessSupervisor(str(agent), env.work)
+    try:
+        result = env.updater(supervisor=sup).recover(env.progress)
+        assert result is not None
+        state = UpdateState(str(env.work))
+        if heartbeats_after_restart:
+            assert result.success and not result.rolled_back, result.error
+            assert "verified after a restart" in result.message
+            assert sup.current_version() == "2.0.0" and state.floor("agent") == "2.0.0"
+        else:
+            assert result.rolled_back and not result.success
+            assert result.error.startswith("D4003 update to 2.0.0: interrupted after the swap"), result.error
+            assert agent.read_bytes() == old and sup.wait_for_heartbeat("1.0.0", 10)
+            assert state.floor("agent") == "1.0.0"
+    finally:
+        sup.stop_agent()
+        _stop_orphans(env.work)
+    assert Journal(str(env.work)).read() is None
+    assert sorted(os.listdir(agent.parent)) == ["agent"]
