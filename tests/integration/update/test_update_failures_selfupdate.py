@@ -17,6 +17,7 @@ from daemon_app.update.state import Journal, UpdateState
 from tests.helpers import ROOT, wait_until
 
 # The real-process harness of the self-update tests: zipapp "daemons" that run the real Updater.
+from tests.integration.update import test_self_update as self_update_tests
 from tests.integration.update.test_self_update import read, selfupdate  # noqa: F401
 
 
@@ -66,3 +67,22 @@ def test_reboot_during_the_watch_window_is_rolled_back_by_a_new_watcher(selfupda
     assert UpdateState(str(env.work)).floor("daemon") is None
     assert Journal(str(env.work)).read() is None
     assert read_marker(str(env.work)) is None
+
+
+DEAF = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)  # a shutdown that never ends\n"
+
+
+@pytest.mark.timeout(90)
+def test_a_new_daemon_that_ignores_sigterm_is_killed_and_replaced_by_the_watcher(selfupdate,  # noqa: F811
+                                                                                 monkeypatch) -> None:
+    env, out, pyz, old, launch = selfupdate
+    # The new build (made by launch) ignores SIGTERM and never commits; the old one is as usual.
+    monkeypatch.setattr(self_update_tests, "MAIN", DEAF + self_update_tests.MAIN)
+    first = launch("hang")
+    rec = wait_until(lambda: read(out, "0.1.0.recovered"), timeout=60,
+                     what="the watcher to give up on SIGTERM, SIGKILL the new daemon and restart the old")
+    assert first.wait(10) == -signal.SIGKILL
+    assert rec["rolled_back"] and "did not become healthy" in rec["error"], rec
+    assert pyz.read_bytes() == old
+    assert UpdateState(str(env.work)).floor("daemon") is None
+    assert Journal(str(env.work)).read() is None
