@@ -130,16 +130,18 @@ def report(cov, data_dir: Path) -> dict[str, Tally]:
 def print_table(tallies: dict[str, Tally]) -> list[str]:
     floors = {name: floor for name, _, floor in AREAS}
     failures = []
-    print(f"{'area':<12}{'files':>6}{'lines':>16}{'branches':>16}{'total':>8}{'floor':>8}  result")
+    print(f"{'area':<12}{'files':>6}{'lines':>20}{'branches':>18}{'total':>8}{'floor':>8}  result")
     for name, t in tallies.items():
         floor = floors.get(name)
-        ok = floor is None or t.pct >= floor
-        verdict = "-" if floor is None else ("ok" if ok else "BELOW FLOOR")
+        ok = floor is None or (t.files > 0 and t.pct >= floor)
+        verdict = "-" if floor is None else ("ok" if ok else "BELOW FLOOR" if t.files else "NO FILES")
         print(f"{name:<12}{t.files:>6}"
-              f"{f'{t.covered_lines}/{t.statements} {t.line_pct:5.1f}%':>16}"
-              f"{f'{t.covered_branches}/{t.branches} {t.branch_pct:5.1f}%':>16}"
+              f"{f'{t.covered_lines}/{t.statements} {t.line_pct:5.1f}%':>20}"
+              f"{f'{t.covered_branches}/{t.branches} {t.branch_pct:5.1f}%':>18}"
               f"{t.pct:>7.1f}%{'' if floor is None else f'{floor:.0f}%':>8}  {verdict}")
-        if not ok:
+        if not ok and not t.files:
+            failures.append(f"{name}: no file measured under its folder (renamed? update AREAS)")
+        elif not ok:
             failures.append(f"{name}: {t.pct:.1f}% is below its floor of {floor:.0f}%")
     return failures
 
