@@ -31,6 +31,42 @@ def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float =
         time.sleep(interval)
 
 
+def measuring_coverage() -> bool:
+    """True under `make coverage`: every Python child records what it ran (docs/testing.md), but only
+    when it exits by itself or on SIGTERM; a SIGKILLed child writes no coverage data."""
+    return bool(os.environ.get("COVERAGE_PROCESS_START"))
+
+
+# For a child whose own memory or loaded libraries a test inspects: coverage.py would add its own.
+UNMEASURED_ENV = {"COVERAGE_PROCESS_START": ""}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def end_process(pid: int, grace: float = 10.0) -> None:
+    """Teardown of a child a test no longer needs (not necessarily ours to wait for: an exec'ed or
+    watcher-started daemon): SIGKILL; under `make coverage` SIGTERM first, so that it writes its
+    coverage data, and SIGKILL only if it is still there after `grace` seconds."""
+    if measuring_coverage():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def short_tmpdir(prefix: str = "dt") -> str:
     """A short path under /tmp: AF_UNIX socket paths must stay under 108 bytes."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
@@ -104,8 +140,9 @@ class DaemonProcess:
             raise
 
     def kill(self) -> None:
+        """Teardown: SIGKILL (under `make coverage`, SIGTERM first: see end_process)."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            end_process(self.proc.pid)
             self.proc.wait(10)
 
     def output(self) -> tuple[str, str]:

@@ -35,6 +35,7 @@ from daemon_app.errors import DaemonError
 from daemon_app.update import download, install, testpoint
 from daemon_app.update.errors import (
     ComponentMismatchError,
+    DownloadFailedError,
     ExpiredManifestError,
     HashMismatchError,
     HealthCheckError,
@@ -374,17 +375,23 @@ class Updater:
         def on_bytes(received: int) -> None:
             report(DOWNLOADING, 100.0 * received / manifest.size if manifest.size else 100.0, "")
 
-        if request.file:
-            if request.url:
-                raise SourceFileError("update: give either a URL or a file, not both")
-            return download.copy_local(request.file, self.cfg.update.download_dir, manifest.size, on_bytes)
-        if not request.url:
+        if request.file and request.url:
+            raise SourceFileError("update: give either a URL or a file, not both")
+        if not (request.file or request.url):
             raise SourceFileError("update: no package URL or file given")
-        tls = self.cfg.manager.tls
         u = self.cfg.update
-        settings = download.DownloadSettings(tls.ca_file, tls.cert_file, tls.key_file, u.connect_timeout,
-                                             u.read_timeout, u.download_deadline)
-        return download.fetch(request.url, u.download_dir, manifest.size, settings, _throttle(on_bytes))
+        try:
+            if request.file:
+                return download.copy_local(request.file, u.download_dir, manifest.size, on_bytes)
+            tls = self.cfg.manager.tls
+            settings = download.DownloadSettings(tls.ca_file, tls.cert_file, tls.key_file, u.connect_timeout,
+                                                 u.read_timeout, u.download_deadline)
+            return download.fetch(request.url, u.download_dir, manifest.size, settings, _throttle(on_bytes))
+        except OSError as exc:
+            # Network and source-file errors are D4001 already; what is left is download_dir refusing
+            # the file (full disk, quota, file-size limit), which must not escape as a traceback.
+            raise DownloadFailedError(f"download: cannot store the package in update.download_dir "
+                                      f"{u.download_dir}: {exc.strerror or exc}") from exc
 
     def _context(self, manifest: Manifest, installed: str, backup: str | None, package: str,
                  target: Target, report: Progress) -> InstallContext:

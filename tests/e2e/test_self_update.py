@@ -9,7 +9,6 @@ import concurrent.futures
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import yaml
 from daemon_app import control
 from daemon_app.update.selfupdate import read_marker
 from daemon_app.update.state import UpdateState
-from tests.helpers import ROOT, short_tmpdir, wait_until
+from tests.helpers import ROOT, end_process, short_tmpdir, wait_until
 from tests.live_update import NODE, agent_pid, kill_agent, make_site
 
 OLD, NEW = "1.0.0", "1.1.0"
@@ -104,19 +103,13 @@ class Node:
             return 0
 
     def stop(self) -> None:
-        for pid in {self.daemon_pid(), self.proc.pid if self.proc else 0} - {0}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            self.proc.wait(10)
         marker = read_marker(str(self.site.work))
         if marker and marker.get("watcher_pid"):
-            try:
-                os.kill(int(marker["watcher_pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            end_process(int(marker["watcher_pid"]))  # first: it would restart a daemon it sees die
+        for pid in {self.daemon_pid(), self.proc.pid if self.proc else 0} - {0}:
+            end_process(pid)
+        if self.proc is not None:
+            self.proc.wait(10)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from daemon_app.update.selfupdate import read_marker
 from daemon_app.update.state import Journal, UpdateState
-from tests.helpers import ROOT, wait_until, write_config
+from tests.helpers import ROOT, end_process, wait_until, write_config
 from tests.update_support import base_config, make_pyz, write_release
 
 
@@ -41,18 +40,11 @@ def selfupdate(env):
 
     yield env, out, pyz, old, launch
     (out / "stop").touch()
-    for name in out.glob("*.started"):
-        _kill(json.loads(name.read_text())["pid"])
     marker = read_marker(str(env.work))
     if marker and marker.get("watcher_pid"):
-        _kill(marker["watcher_pid"])
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        end_process(marker["watcher_pid"])  # first: it would restart a daemon it sees die
+    for name in out.glob("*.started"):
+        end_process(json.loads(name.read_text())["pid"])
 
 
 def read(out: Path, name: str):

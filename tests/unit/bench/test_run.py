@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import budgets, common
-from tests.helpers import ROOT
+from tests.helpers import ROOT, UNMEASURED_ENV
 
 RUNNER = ROOT / "bench" / "run.py"
 MARKS = ("<!-- results:begin -->", "<!-- results:end -->")
@@ -145,7 +145,7 @@ def test_units_come_from_the_figure_names() -> None:
 
 def test_memory_of_a_real_child() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(30 << 20); sys.stdin.read()"],
-                            stdin=subprocess.PIPE)
+                            stdin=subprocess.PIPE, env={**os.environ, **UNMEASURED_ENV})
     try:
         common.wait_until(lambda: common.rss_mb(proc.pid) > 30, timeout=20, what="the child to fill 30 MB")
         assert common.pss_mb(proc.pid) > 25
