@@ -43,6 +43,8 @@ RESTART_ONLY = ("daemon.work_dir", "daemon.pid_file", "daemon.control_socket", "
 STATUS_LINE_EVERY = 10.0
 # A restart into a new pyz flushes the outbox for at most this long: what is left stays durable in it.
 EXEC_CLOSE_SECONDS = 5.0
+# How long a stop waits for plugins to take the Agent events still queued for them.
+EVENTS_FLUSH_SECONDS = 2.0
 
 
 class EngineStopping(ControlError):
@@ -697,6 +699,8 @@ class Engine:
                 log.exception("stopping %s failed", service.name)
         self.control.stop()
         self._refuse_queued()
+        # Agent events still queued reach the plugins, unless one of them holds the thread.
+        self.plugins.events.flush(min(EVENTS_FLUSH_SECONDS, max(0.0, deadline - time.monotonic())))
         self._save_state(clean=not abandoned)
         self._lock.release()
         self._restore_signals()
@@ -764,6 +768,7 @@ class Engine:
                 for name, o in list(self.runner.last.items())
             },
             "plugins": self.plugins.describe(),
+            "plugin_events": self.plugins.events.status(),
             "update": None,
             "last_report": rfc3339(self.last_report) if self.last_report else None,
             "reports_built": self.reports_built,

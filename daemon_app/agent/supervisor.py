@@ -255,14 +255,14 @@ class AgentSupervisor:
             return self._version
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
-        """Send one event to every `on_agent_event` plugin (also used by the update helper for
-        "updated" / "rolled_back"). Returns the event."""
+        """Post one event for the `on_agent_event` plugins (also used by the update helper for
+        "updated" / "rolled_back"); they get it on their own thread. Returns the event."""
         with self._emit_lock:
             event = {"type": event_type, "state": self.state, "pid": self.pid, "timestamp": rfc3339(),
                      **fields}
             log.info("agent event %s (state %s, pid %s)", event_type, self.state, self.pid or "-",
                      extra={"agent_event": event})
-            self.engine.plugins.call_each("on_agent_event", event=event)
+            self.engine.plugins.post_event(event)
             return event
 
     def handle_command(self, command: dict[str, Any]) -> None:
