@@ -39,14 +39,15 @@ from daemon_app.agent.process import (
     tail_lines,
     write_pid_file,
 )
+from daemon_app.agent.snapshot import AgentSnapshot, AgentState
 from daemon_app.errors import AgentHealthError, AgentStartError, AgentStopError, DaemonError
 from daemon_app.metrics import rfc3339
 from daemon_app.wakeup import WakePipe
 
 log = logging.getLogger(__name__)
 
-STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
-    "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+# The state names as the plain strings agent_status() and events carry, from the one enum.
+STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (s.value for s in AgentState)
 
 # Why the supervisor itself ends an Agent process (the "intent" of a STOPPING).
 _STOP, _REQUESTED = "stop", "requested"
@@ -203,6 +204,10 @@ class AgentSupervisor:
                 "heartbeats_received": self._hb_seq,
                 "heartbeats_invalid": self._server.counters.invalid if self._server else 0,
             }
+
+    def snapshot(self) -> AgentSnapshot:
+        """agent_status() as typed fields, for decisions other parts make on the Agent."""
+        return AgentSnapshot.from_status(self.agent_status())
 
     # --- operations for operators, the Manager and the update helper ---------------------------
 
