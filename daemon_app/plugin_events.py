@@ -90,24 +90,37 @@ class EventDispatcher:
             self._busy_since = time.monotonic()
 
     def _run(self) -> None:
-        while True:
+        try:
+            while self._next():
+                pass
+        finally:
+            with self._cond:  # however it ended, the next post starts a new thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._in_hand = False
+                self._cond.notify_all()
+
+    def _next(self) -> bool:
+        """Deliver one event; False when the queue stayed empty for `idle_exit` seconds."""
+        with self._cond:
+            if not self._queue:
+                self._cond.wait(self._idle_exit)
+            if not self._queue:
+                self._thread = None  # under the lock: a post from now on starts a new thread
+                return False
+            event = self._queue.popleft()
+            self._in_hand = True
+            if not self._queue:
+                self._dropping = False
+        try:
+            self._deliver(event, self._busy)
+        except BaseException:  # deliver isolates each plugin; this is the last line of defence
+            log.exception("D5001 plugin events: delivering %s failed", event.get("type"),
+                          extra={"code": "D5001", "hook": "on_agent_event"})
+        finally:
             with self._cond:
-                if not self._queue:
-                    self._cond.wait(self._idle_exit)
-                if not self._queue:
-                    self._thread = None  # the next post starts a new thread
-                    return
-                event = self._queue.popleft()
-                self._in_hand = True
-                if not self._queue:
-                    self._dropping = False
-            try:
-                self._deliver(event, self._busy)
-            except Exception:  # deliver isolates each plugin; this is the last line of defence
-                log.exception("D5001 plugin events: delivering %s failed", event.get("type"))
-            finally:
-                with self._cond:
-                    self._busy_with = ""
-                    self._in_hand = False
-                    self.delivered += 1
-                    self._cond.notify_all()
+                self._busy_with = ""
+                self._in_hand = False
+                self.delivered += 1
+                self._cond.notify_all()
+        return True

@@ -192,7 +192,7 @@ class Plugins:
             busy(call.plugin_name)
             try:
                 call(event=event)
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() in a plugin must not end delivery for all
                 log.error("D5001 plugin %s raised in on_agent_event: %s: %s", call.plugin_name,
                           type(exc).__name__, exc,
                           extra={"plugin": call.plugin_name, "hook": "on_agent_event", "code": "D5001"})

@@ -315,3 +315,27 @@ def test_no_event_thread_without_an_event_plugin_and_it_ends_when_idle():
     assert dispatcher._thread is None
     dispatcher.post({"n": 2})  # a new thread takes over
     assert dispatcher.flush(10) and delivered == [{"n": 1}, {"n": 2}]
+
+
+def test_an_event_plugin_calling_sys_exit_does_not_end_delivery(caplog):
+    got = []
+
+    class Quits:
+        @plugins.hookspecs.hookimpl(tryfirst=True)
+        def on_agent_event(self, event):
+            raise SystemExit(3)
+
+    class Good:
+        @plugins.hookspecs.hookimpl
+        def on_agent_event(self, event):
+            got.append(event["type"])
+
+    loaded = plugins.Plugins()
+    loaded.register(Quits(), "quits", version="1", source="builtin")
+    loaded.register(Good(), "good", version="1", source="builtin")
+    with caplog.at_level(logging.ERROR):
+        for kind in ("started", "running", "exited"):
+            loaded.post_event({"type": kind})
+        assert loaded.events.flush(10)
+    assert got == ["started", "running", "exited"]
+    assert [r.plugin for r in caplog.records if r.code == "D5001"] == ["quits"] * 3
