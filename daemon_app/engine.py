@@ -643,8 +643,7 @@ class Engine:
             self.agent = None
         if self.manager is not None and not cfg.manager.address:
             self._drop_service(self.manager, deadline)
-            self.plugins.pm.unregister(name="manager-reporter")
-            self.plugins.info.pop("manager-reporter", None)
+            self.plugins.unregister("manager-reporter")
             self.manager = None
         for service in list(self.services):
             try:

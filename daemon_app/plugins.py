@@ -67,6 +67,13 @@ class Plugins:
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.info[name] = PluginInfo(name, version, source, hooks)
 
+    def unregister(self, name: str) -> None:
+        """Forget a plugin registered under `name` (the Manager reporter when a reload drops
+        manager.address); its calls already in flight finish, later ones no longer reach it."""
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.info.pop(name, None)
+
     def _failed(self, name: str, version: str, source: str, exc: BaseException) -> None:
         err = PluginLoadError(f"plugin {name!r} ({source}) failed to load: {type(exc).__name__}: {exc}")
         log.error(str(err), extra={"code": err.code, "plugin": name})

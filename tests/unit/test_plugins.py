@@ -318,3 +318,20 @@ def test_no_event_thread_without_an_event_plugin_and_it_ends_when_idle():
     dispatcher.post({"n": 2})  # a new thread takes over
     assert dispatcher.flush(10) and delivered == [{"n": 1}, {"n": 2}]
 
+
+
+def test_an_unregistered_plugin_is_no_longer_called_nor_listed():
+    got = []
+
+    class Reporter:
+        @plugins.hookspecs.hookimpl
+        def report(self, report):
+            got.append(report["n"])
+
+    loaded = plugins.Plugins()
+    loaded.register(Reporter(), "gone", version="1", source="builtin")
+    ((name, call),) = loaded.implementations("report")
+    loaded.unregister("gone")
+    loaded.unregister("never-registered")
+    assert loaded.implementations("report") == [] and loaded.describe() == []
+    assert call(report={"n": 1}) is None and got == []  # a HookCall kept from before calls nobody
