@@ -4,10 +4,12 @@ A plugin is any object or module with functions marked `@hookimpl` (import it fr
 `daemon_app.hookspecs`). Built-ins are registered exactly like third-party plugins.
 
 Hooks are called the way pluggy documents: an implementation may take any subset of a hook's
-arguments, `@hookimpl(tryfirst=True)` runs before the others and `trylast=True` after them
-(otherwise the plugin registered last runs first). Each plugin's implementation is called on its
-own, so one that raises is logged with its name and the others still run; a wrapper
-(`wrapper=True`/`hookwrapper=True`) therefore wraps only its own plugin's implementation.
+arguments, and where calls happen one after another (on_agent_event, pre_update, post_update)
+`@hookimpl(tryfirst=True)` runs before the others and `trylast=True` after them (otherwise the
+plugin registered last runs first); collect and report implementations run side by side, each on
+its own thread. Each plugin's implementation is called on its own, so one that raises is logged
+with its name and the others still run; a wrapper (`wrapper=True`/`hookwrapper=True`) therefore
+wraps only its own plugin's implementation.
 """
 
 from __future__ import annotations
