@@ -23,7 +23,8 @@ QUEUE_SIZE = 256
 IDLE_EXIT = 30.0
 
 # deliver(event, busy) calls every plugin in turn; busy(name) says which one holds the thread.
-Deliver = Callable[[dict[str, Any], Callable[[str], None]], None]
+Busy = Callable[[str], None]
+Deliver = Callable[[dict[str, Any], Busy], None]
 
 
 class EventDispatcher:

@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ import pluggy
 
 from daemon_app import hookspecs
 from daemon_app.errors import DaemonError
-from daemon_app.plugin_events import QUEUE_SIZE, EventDispatcher
+from daemon_app.plugin_events import QUEUE_SIZE, Busy, EventDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +178,13 @@ class Plugins:
         results = []
         code = HOOK_ERROR_CODES.get(hook, "D5001")
         for call in self.calls(hook):
+            name = call.plugin_name
             try:
-                results.append((call.plugin_name, call(**kwargs)))
+                results.append((name, call(**kwargs)))
             except Exception as exc:
                 log.error(
-                    "%s plugin %s raised in %s: %s: %s", code, call.plugin_name, hook, type(exc).__name__,
-                    exc, extra={"plugin": call.plugin_name, "hook": hook, "code": code},
+                    "%s plugin %s raised in %s: %s: %s", code, name, hook, type(exc).__name__, exc,
+                    extra={"plugin": name, "hook": hook, "code": code},
                 )
         return results
 
@@ -194,7 +194,7 @@ class Plugins:
         if self.calls("on_agent_event"):
             self.events.post(event)
 
-    def _deliver_event(self, event: dict[str, Any], busy: Callable[[str], None]) -> None:
+    def _deliver_event(self, event: dict[str, Any], busy: Busy) -> None:
         for call in self.calls("on_agent_event"):
             busy(call.plugin_name)
             try:
