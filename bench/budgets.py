@@ -22,21 +22,32 @@ class Ratio:
     meaning: str
 
 
-_LINK_RSS = ("the stand-alone daemon with its Agent is ~24 MB (interpreter, click, PyYAML, psutil, "
-             "pluggy/importlib.metadata, the engine); the Manager link adds ~17-22 MB: grpc's 17 MB C "
-             "extension keeps ~7-12 MB of clean code pages resident (connecting runs code spread over "
-             "the file and the kernel maps it 64 KB per fault; the pages are reclaimable, RSS counts "
-             "them, PSS shows less), ~6 MB of Python objects and C allocations (grpc, asyncio, "
-             "protobuf, link), libstdc++ 1.4 MB, SQLite 1.3 MB (the outbox) and 8 more threads")
+_LINK_RSS = ("Python objects of the modules loaded, measured import by import (RSS added, Python "
+             "3.11): click, PyYAML, psutil, pluggy and importlib.metadata ~6.8 MB, the engine ~4.5 MB, "
+             "asyncio with ssl (OpenSSL's libcrypto is ~4 MB of it) ~4.9 MB, the protobuf messages "
+             "~2.7 MB, h2 and grpclib ~2.1 MB, the link with the SQLite outbox ~2.6 MB; the link's share "
+             "is ~12 MB over the stand-alone daemon's. malloc_trim and MALLOC_ARENA_MAX were tried: "
+             "under 1 MB, not worth it. Before: 49.1 MB on grpc.aio, whose C core alone held 12.3 MB")
+_STANDALONE_AGENT_RSS = ("the Python 3.11 interpreter (~10.6 MB) and the modules loaded at start: "
+                         "click, PyYAML, psutil, pluggy and importlib.metadata ~6.8 MB, the engine, "
+                         "collectors and Agent supervisor ~4.5 MB, the rest Python objects of the "
+                         "running services")
 
 BUDGETS: dict[str, Budget] = {
     "idle_cpu_percent": Budget(
         "idle CPU (with Manager and Agent)", 0.1, "%", "DESIGN.md §9",
-        "grpcio's own C threads (4 event-engine workers, a timer and a lifeguard) wake ~9-11 times "
-        "a second even on an idle connection: ~0.06 % of the measured ~0.08 %; the rest is the "
-        "daemon's periodic work (Agent heartbeats every 5 s, TLS file check every 5 s, STATUS line "
-        "every 10 s, Agent health every 30 s, collection, report and Manager heartbeat every 60 s)"),
-    "idle_rss_mb": Budget("idle memory RSS (with Manager and Agent)", 40, "MB", "DESIGN.md §9", _LINK_RSS),
+        "the daemon's periodic work (Agent heartbeats every 5 s, TLS file check every 5 s, STATUS line "
+        "every 10 s, Agent health every 30 s, collection, report, Manager heartbeat and keepalive "
+        "PING every 60 s)"),
+    "idle_rss_mb": Budget("idle memory RSS (with Manager and Agent)", 38, "MB", "DESIGN.md §9", _LINK_RSS),
+    "idle_standalone_agent_rss_mb": Budget(
+        "idle memory RSS (stand-alone with Agent)", 26, "MB", "DESIGN.md §9", _STANDALONE_AGENT_RSS),
+    "idle_threads": Budget(
+        "threads at idle (with Manager and Agent)", 6, "", "DESIGN.md §9",
+        "one per job that blocks: the engine, the Agent supervisor, its heartbeat socket, the control "
+        "socket, the Manager link and the statvfs helper (collector workers end between rounds)"),
+    "pyz_mb": Budget("size of daemon.pyz", 14.8, "MB", "issue #11 (the grpcio build)",
+                     "the dependencies' files: cryptography (for update signatures) is the largest"),
     "standalone_cpu_percent": Budget(
         "idle CPU (stand-alone, no Manager)", 0.1, "%", "DESIGN.md §9",
         "collection rounds and the file reporter; the Python interpreter's own wake-ups"),
@@ -103,7 +114,14 @@ FIGURES: dict[str, tuple[str, str]] = {
     "idle_rss_mb": ("MB", "RSS of daemon.pyz with a Manager and the sample Agent, highest from 60 to 180 s"),
     "idle_pss_mb": ("MB", "PSS (shared pages split) of the same daemon"),
     "idle_cpu_percent": ("%", "CPU of the same daemon over 120 s, % of one core"),
-    "idle_threads": ("", "threads of the same daemon (Python and grpc's own)"),
+    "idle_threads": ("", "threads of the same daemon (every one named in `daemon status`)"),
+    "idle_standalone_agent_rss_mb": ("MB", "RSS of daemon.pyz stand-alone with the sample Agent, highest "
+                                            "from 60 to 180 s"),
+    "idle_standalone_agent_pss_mb": ("MB", "PSS of the same stand-alone daemon"),
+    "idle_standalone_agent_cpu_percent": ("%", "CPU of the same stand-alone daemon over 120 s"),
+    "idle_standalone_agent_threads": ("", "threads of the same stand-alone daemon"),
+    "idle_standalone_agent_wakeups_per_s": ("/s", "context switches of its threads per second"),
+    "pyz_mb": ("MB", "size of dist/daemon.pyz (10^6 bytes)"),
     "idle_wakeups_per_s": ("/s", "context switches of all its threads per second: how often it wakes"),
     "agent_update_s": ("s", "Agent update command -> new Agent version heartbeating"),
     "agent_update_download_s": ("s", "pushed Agent update: download over mutual-TLS HTTPS"),
@@ -150,7 +168,9 @@ EXPECTED: dict[str, tuple[str, ...]] = {
                     "heartbeat_cpu_percent"),
     "bench_update": ("update_download_s", "update_verify_s", "update_swap_s"),
     "bench_ready": ("ready_s",),
-    "bench_idle": ("idle_rss_mb", "idle_pss_mb", "idle_cpu_percent", "idle_threads", "idle_wakeups_per_s"),
+    "bench_idle": ("idle_rss_mb", "idle_pss_mb", "idle_cpu_percent", "idle_threads", "idle_wakeups_per_s",
+                   "idle_standalone_agent_rss_mb", "idle_standalone_agent_pss_mb",
+                   "idle_standalone_agent_threads", "pyz_mb"),
     "bench_agent_update": ("agent_update_s",),
     "bench_self_update": ("self_update_s", "self_update_reports_lost"),
     "bench_outage": ("outage_reports_lost", "outage_drain_s"),

@@ -25,7 +25,7 @@ MARK_END = "<!-- results:end -->"
 # Seconds each script may take (full run, --quick run); the suite as a whole also has a budget.
 DEFAULT_TIMEOUT = (120.0, 60.0)
 TIMEOUTS: dict[str, tuple[float, float]] = {
-    "bench_idle": (300.0, 120.0),
+    "bench_idle": (600.0, 240.0),  # two daemons in turn: with Manager and Agent, stand-alone with Agent
     "bench_idle_standalone": (150.0, 60.0),
     "bench_fleet": (150.0, 60.0),
     "bench_self_update": (150.0, 90.0),

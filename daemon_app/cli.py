@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from daemon_app import __version__
+from daemon_app import __version__, fsutil
 from daemon_app import config as config_mod
 from daemon_app.errors import ConfigValidateError, DaemonError
 
@@ -34,12 +34,21 @@ class Ctx:
             click.echo(str(exc), err=True)
             sys.exit(EXIT_CONFIG)
 
-    def load_quiet(self) -> config_mod.Config:
-        """Load the config, raising its DaemonError instead of exiting."""
-        return config_mod.load(self.config_path)
+
+PROGRAM = "daemon.pyz"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Program(click.Group):
+    """Names itself daemon.pyz in --help and errors, however it was started (pyz, -m, console script)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("prog_name", PROGRAM)
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name=PROGRAM,
+                      message="%(prog)s %(version)s")
 @click.option("-c", "--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
               type=click.Path(dir_okay=False), help="Config file (default: $DAEMON_CONFIG, else built-in "
               "defaults).")
@@ -47,8 +56,9 @@ class Ctx:
 def main(ctx: click.Context, config_path: str | None) -> None:
     """daemon.pyz: collect host metrics, supervise the Agent, report to the Manager, update safely.
 
-    Start with `daemon config check`, then `daemon collect --once` to see what it measures, then
-    `daemon run`.
+    Start with `daemon.pyz config check`, then `daemon.pyz collect --once` to see what it measures,
+    then `daemon.pyz run`. Without -c and $DAEMON_CONFIG the built-in defaults apply: every state
+    file under daemon.work_dir (/var/lib/daemon).
     """
     ctx.obj = Ctx(config_mod.resolve_path(config_path))
 
@@ -60,12 +70,28 @@ def config_group() -> None:
     """Check or show the configuration."""
 
 
+EXIT_WARNINGS = 1
+
+
 @config_group.command("check")
 @click.pass_obj
 def config_check(obj: Ctx) -> None:
-    """Validate the config: exit 0 with a summary, or exit 2 listing every problem with its D-code."""
+    """Validate the config and the files and plugins it names.
+
+    Exit 0: valid, nothing missing. Exit 1: valid and the daemon starts, but something it names is
+    missing or wrong (Agent binary, update key, Manager TLS files, an unknown plugin section); each
+    is printed as a D1002 warning. Exit 2: invalid, every problem listed; the daemon refuses it.
+    """
+    from daemon_app import configcheck, logs, plugins
+
     cfg = obj.load()
-    click.echo(config_mod.summary(cfg))
+    logs.setup("error", "", stderr=True)
+    loaded = plugins.load_all(cfg)
+    warnings = configcheck.world_problems(cfg, (name for name, _ in loaded.implementations("collect")))
+    for problem in warnings:
+        click.echo(f"{ConfigValidateError.code} config: {problem}", err=True)
+    click.echo(config_mod.summary(cfg, warnings=len(warnings)))
+    sys.exit(EXIT_WARNINGS if warnings else 0)
 
 
 @config_group.command("show")
@@ -81,7 +107,25 @@ def config_show(obj: Ctx, fmt: str) -> None:
         import yaml
 
         click.echo(f"# effective configuration from {cfg.source}")
-        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+        if cfg.derived:
+            click.echo("# paths marked 'derived' were relative and are resolved under daemon.work_dir")
+        click.echo(_mark_derived(yaml.safe_dump(data, sort_keys=False), cfg.derived), nl=False)
+
+
+def _mark_derived(text: str, derived: tuple[str, ...]) -> str:
+    """Append `# derived` to the lines of the keys put under work_dir (safe_dump indents by 2)."""
+    out, stack = [], []
+    for line in text.splitlines(keepends=True):
+        stripped = line.lstrip(" ")
+        depth = (len(line) - len(stripped)) // 2
+        key = stripped.split(":", 1)[0]
+        if ":" in stripped and not stripped.startswith("- "):
+            del stack[depth:]
+            stack.append(key)
+            if ".".join(stack) in derived:
+                line = line.rstrip("\n") + "  # derived from daemon.work_dir\n"
+        out.append(line)
+    return "".join(out)
 
 
 # --- collect ------------------------------------------------------------------------------------
@@ -89,8 +133,9 @@ def config_show(obj: Ctx, fmt: str) -> None:
 @main.command("collect")
 @click.option("--once", is_flag=True, required=True, help="Run one round and exit (required).")
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
+@click.option("--debug", is_flag=True, help="Log at debug level: a failing plugin's traceback too.")
 @click.pass_obj
-def collect_cmd(obj: Ctx, once: bool, fmt: str) -> None:
+def collect_cmd(obj: Ctx, once: bool, fmt: str, debug: bool) -> None:
     """Run every enabled collector once and print the metrics (like `telegraf --test`).
 
     Exits 1 when a collector failed or timed out; the others are still printed.
@@ -100,7 +145,7 @@ def collect_cmd(obj: Ctx, once: bool, fmt: str) -> None:
 
     cfg = obj.load()
     # Each failure is logged once on stderr (with D5001 and the collector's name) as it happens.
-    logs.setup("error", "", stderr=True)
+    logs.setup("debug" if debug else "error", "", stderr=True)
     loaded = plugins.load_all(cfg)
     runner = CollectorRunner()
     calls = []
@@ -141,7 +186,11 @@ def _table(result: dict[str, Any]) -> str:
 
 @main.group("plugins")
 def plugins_group() -> None:
-    """List or install plugins (built-in, entry points, and the plugin directory)."""
+    """List, install or uninstall plugins (built-in, entry points, and the plugin directory).
+
+    The plugin directory is plugins.dir of the config (default <work_dir>/plugins): give every
+    command, and `collect`, the same -c as `run`, or they look at another directory.
+    """
 
 
 @plugins_group.command("list")
@@ -171,16 +220,55 @@ def plugins_install(obj: Ctx, spec: tuple[str, ...], pip_arg: tuple[str, ...]) -
     """Install plugin packages into the plugin directory with pip (--target), so they survive
     self-updates. SPEC is anything pip accepts: a name, a path, a wheel.
     """
+    from daemon_app import plugins
+
     cfg = obj.load()
     target = cfg.plugins.dir
-    os.makedirs(target, exist_ok=True)
+    try:
+        fsutil.private_dir(target, 0o755, tighten=False)
+    except OSError as exc:
+        click.echo(f"D5001 plugins install: plugins.dir: {exc}", err=True)
+        sys.exit(1)
     cmd = [_python_for_pip(), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
            "--upgrade", "--target", target, *pip_arg, *spec]
     click.echo(f"installing into {target}: {' '.join(spec)}")
+    before = plugins.dist_info_dirs(target)
     rc = subprocess.call(cmd)
     if rc != 0:
         click.echo(f"D5001 plugins install: pip exited {rc} (its messages are above)", err=True)
-    sys.exit(rc)
+        sys.exit(rc)
+    for path in plugins.prune_upgraded(target, before):
+        if path.endswith(".dist-info"):
+            click.echo(f"removed the replaced version's {os.path.basename(path)}")
+    click.echo(f"check it with: {PROGRAM}{_config_arg(obj)} plugins list")
+
+
+@plugins_group.command("uninstall")
+@click.argument("name", nargs=-1, required=True)
+@click.pass_obj
+def plugins_uninstall(obj: Ctx, name: tuple[str, ...]) -> None:
+    """Remove plugins from the plugin directory: NAME is the package (daemon-plugin-loadavg), the
+    plugin (loadavg) or a loose module (NAME.py). A running daemon keeps what it loaded until it
+    restarts. Exits 1 when a NAME is not installed there.
+    """
+    from daemon_app import plugins
+
+    cfg = obj.load()
+    failed = False
+    for one in name:
+        try:
+            removed = plugins.uninstall(cfg.plugins.dir, one)
+        except DaemonError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+            continue
+        click.echo(f"uninstalled {one} from {cfg.plugins.dir} ({len(removed)} files and directories)")
+    sys.exit(1 if failed else 0)
+
+
+def _config_arg(obj: Ctx) -> str:
+    """` -c FILE` when a config file was named: plugins list/collect need it to see the same dir."""
+    return f" -c {obj.config_path}" if obj.config_path else ""
 
 
 def _python_for_pip() -> str:
@@ -251,55 +339,67 @@ def run_cmd(obj: Ctx) -> None:
 EXIT_NOT_RUNNING = 3  # like `systemctl status` for an inactive unit
 
 
-def _control_socket(obj: Ctx, override: str | None) -> str:
-    """The running daemon's control socket. Found even when the config file on disk is currently
-    broken, so `daemon reload` can still ask the daemon and show the errors it refuses."""
-    if override:
-        return override
-    try:
-        return obj.load_quiet().daemon.control_socket
-    except DaemonError:
-        pass
-    raw: Any = None
-    if obj.config_path:
-        import yaml
+def _find_daemon(obj: Ctx, override: str | None) -> Any:
+    """Which daemon to ask, and how it was chosen (see daemon_app/locate.py)."""
+    from daemon_app import locate
 
-        try:
-            with open(obj.config_path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            raw = None
-    section = raw.get("daemon") if isinstance(raw, dict) else None
-    section = section if isinstance(section, dict) else {}
-    work_dir = section.get("work_dir") or config_mod.SCHEMA["daemon"]["work_dir"].default
-    sock = section.get("control_socket")
-    return sock if isinstance(sock, str) and sock else os.path.join(str(work_dir), "control.sock")
+    if override:
+        return locate.Candidate(override, "given with --socket")
+    ctx = click.get_current_context().find_root()
+    source = ctx.get_parameter_source("config_path")
+    how = f"${config_mod.ENV_CONFIG}" if source == click.core.ParameterSource.ENVIRONMENT else "-c"
+    return locate.choose(obj.config_path, how)
 
 
 def _ask(obj: Ctx, socket_path: str | None, cmd: str, args: dict[str, Any] | None = None) -> Any:
     """One control request; exit 3 when no daemon runs, 1 on any other failure."""
     from daemon_app import control
 
-    path = _control_socket(obj, socket_path)
     try:
-        return control.request(path, cmd, args)
-    except control.NotRunning as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_NOT_RUNNING)
+        found = _find_daemon(obj, socket_path)
     except DaemonError as exc:
         click.echo(str(exc), err=True)
+        sys.exit(1)
+    try:
+        return found, control.request(found.socket, cmd, args)
+    except control.NotRunning as exc:
+        click.echo(f"{exc}; asked the control socket {found.how}", err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+    except DaemonError as exc:
+        click.echo(f"{exc} (control socket {found.socket}, {found.how})", err=True)
         sys.exit(1)
 
 
 def _last_exit_text(last_exit: Any) -> str:
     if not isinstance(last_exit, dict):
-        return "-"
-    how = f"signal {last_exit['signal']}" if last_exit.get("signal") else f"code {last_exit.get('code', '?')}"
-    return f"{how} at {last_exit.get('at', '?')}"
+        return "no exit seen"
+    if last_exit.get("signal"):
+        how = f"killed by signal {last_exit['signal']}"
+    elif last_exit.get("code") is not None:
+        how = f"exit code {last_exit['code']}"
+    else:
+        how = "exit status unknown"
+    return f"last {how} at {last_exit.get('at') or 'an unknown time'}"
+
+
+def _agent_line(a: dict[str, Any]) -> str:
+    """`RUNNING pid 42 version 1.4.2, cpu 3.5 %, rss 52428800 bytes, restarts 0, no exit seen`;
+    figures read `unknown` until the first health check measured them (null in the JSON)."""
+    process = f"pid {a['pid']}" if a.get("pid") else "no process"
+    version = f" version {a['version']}" if a.get("version") else ""
+    figures = ""
+    if a.get("pid"):
+        cpu, rss = a.get("cpu_percent"), a.get("memory_bytes")
+        figures = (f", cpu {'unknown' if cpu is None else f'{cpu:.1f} %'}"
+                   f", rss {'unknown' if rss is None else f'{rss} bytes'}")
+    return (f"  agent      {a.get('state') or 'unknown state'} {process}{version}{figures}, "
+            f"restarts {a.get('restart_count', 0)}, {_last_exit_text(a.get('last_exit'))}")
 
 
 _socket_option = click.option("--socket", "socket_path", metavar="PATH", type=click.Path(dir_okay=False),
-                              help="Control socket (default: daemon.control_socket from the config).")
+                              help="Control socket (default: the config's daemon.control_socket; "
+                              "without -c or $DAEMON_CONFIG, the installed config's or the running "
+                              "daemon's).")
 
 
 @main.command("status")
@@ -310,17 +410,19 @@ def status_cmd(obj: Ctx, fmt: str, socket_path: str | None) -> None:
     """Show the running daemon: version, uptime, node, Manager link, outbox, Agent, collectors,
     plugins and any update in progress. Exits 3 when no daemon is running.
     """
-    status = _ask(obj, socket_path, "status")
+    found, status = _ask(obj, socket_path, "status")
     if fmt == "json":
         click.echo(json.dumps(status, indent=2))
     else:
-        click.echo(format_status(status))
+        click.echo(format_status(status, asked=f"{found.socket} ({found.how})"))
 
 
-def format_status(s: dict[str, Any]) -> str:
-    """The human view of `daemon status`."""
+def format_status(s: dict[str, Any], asked: str = "") -> str:
+    """The human view of `daemon status`; `asked` says which control socket answered and why."""
     lines = [f"daemon {s['version']} (pid {s['pid']}) {s.get('state', '?')}, up {_ago(s['uptime_s'])}",
              f"  node       {s['node_id']}", f"  config     {s['config']}"]
+    if asked:
+        lines.append(f"  asked      {asked}")
     m = s.get("manager")
     if m is None:
         lines.append("  manager    none (stand-alone)")
@@ -336,9 +438,7 @@ def format_status(s: dict[str, Any]) -> str:
     if a is None:
         lines.append("  agent      not supervised (agent.enabled: false)")
     else:
-        version = f" version {a['version']}" if a.get("version") else ""
-        lines.append(f"  agent      {a.get('state', '?')} pid {a.get('pid') or '-'}{version}, "
-                     f"restarts {a.get('restart_count', 0)}, last exit {_last_exit_text(a.get('last_exit'))}")
+        lines.append(_agent_line(a))
     lines.append(f"  reports    {s.get('reports_built', 0)} built, last {s.get('last_report') or 'never'}")
     lines.append("  collectors")
     for name, c in sorted(s.get("collectors", {}).items()):
@@ -350,6 +450,9 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(f"  update     {json.dumps(u) if u else 'none in progress'}")
     if s.get("in_flight"):
         lines.append(f"  in flight  {', '.join(s['in_flight'])}")
+    t = s.get("threads")
+    if t:
+        lines.append(f"  threads    {t['count']} ({', '.join(x['name'] for x in t['threads'])})")
     return "\n".join(lines)
 
 
@@ -374,7 +477,7 @@ def reload_cmd(obj: Ctx, socket_path: str | None) -> None:
     Exits 0 when the new config is in force, 1 when it was refused (the errors are printed and the
     old config stays in force), 3 when no daemon is running.
     """
-    result = _ask(obj, socket_path, "reload")
+    _, result = _ask(obj, socket_path, "reload")
     if result.get("reloaded"):
         changed = ", ".join(result.get("changed") or []) or "no changes"
         click.echo(f"reloaded {result.get('config')}: {changed}")

@@ -1,9 +1,11 @@
-"""Runs `collect` hooks with isolation: each collector on its own long-lived worker thread.
+"""Runs `collect` hooks with isolation: each collector on its own worker thread.
 
 A collector that raises or overruns its timeout is logged with D5001 and its name, and the round
 goes on without it. A collector still stuck from an earlier round is not called again until it
-returns (no thread pile-up). Workers live across rounds because starting a thread per collector
-per round costs more than the built-in collectors themselves.
+returns (no thread pile-up). A worker lives across rounds that come quickly (starting a thread per
+collector per round costs more than the built-in collectors themselves) and ends after
+WORKER_IDLE_EXIT seconds without work: at the default 60 s interval the idle daemon holds no
+collector threads between rounds (four fewer threads), and the next round starts them again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from daemon_app.errors import CollectError
 from daemon_app.metrics import CollectContext, Metrics
 
 log = logging.getLogger(__name__)
+
+WORKER_IDLE_EXIT = 5.0  # seconds a collector's worker thread waits for its next call before it ends
 
 
 @dataclass
@@ -53,14 +57,15 @@ class _Call:
 
 
 class _Worker:
-    """A daemon thread that runs one collector's calls, one at a time."""
+    """Runs one collector's calls, one at a time, on a daemon thread started on demand."""
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.name = name
         self.fn = fn
         self.current: _Call | None = None
         self._jobs: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"collect:{name}")
-        self._thread.start()
+        self._lock = threading.Lock()  # guards _thread against a submit racing an idle exit
+        self._thread: threading.Thread | None = None
 
     @property
     def busy(self) -> bool:
@@ -70,14 +75,31 @@ class _Worker:
     def submit(self, call: _Call) -> None:
         call.started = time.monotonic()
         self.current = call
-        self._jobs.put(call)
+        with self._lock:
+            self._jobs.put(call)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name=f"collect:{self.name}")
+                self._thread.start()
 
     def retire(self) -> None:
         """End the thread once its current call (if any) returns."""
-        self._jobs.put(None)
+        with self._lock:
+            if self._thread is not None:
+                self._jobs.put(None)
+
+    def _next(self) -> _Call | None:
+        """The next call; None when the thread should end (retired, or idle too long)."""
+        while True:
+            try:
+                return self._jobs.get(timeout=WORKER_IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._thread = None
+                        return None
 
     def _loop(self) -> None:
-        while (call := self._jobs.get()) is not None:
+        while (call := self._next()) is not None:
             try:
                 call.result = self.fn(ctx=call.ctx)
             except BaseException as exc:  # reported to the round, never kills the daemon
@@ -85,6 +107,9 @@ class _Worker:
             finally:
                 call.finished = time.monotonic()
                 call.done.set()
+        with self._lock:
+            if self._thread is threading.current_thread():
+                self._thread = None
 
 
 def _as_list(result: Any) -> list[Metrics]:
@@ -133,6 +158,9 @@ class CollectorRunner:
             if outcome.error:
                 err = CollectError(f"collector {outcome.name}: {outcome.error}")
                 log.error(str(err), extra={"code": err.code, "collector": outcome.name})
+                if call is not None and call.exc is not None:
+                    log.debug("collector %s raised here:", outcome.name, exc_info=call.exc,
+                              extra={"collector": outcome.name})
             self.last[outcome.name] = outcome
             outcomes.append(outcome)
         return outcomes

@@ -4,13 +4,21 @@ The schema below is the single source of truth: defaults, types, ranges and the 
 reference file `configs/daemon.yaml` all follow it. Durations are strings such as `30s`, `5m`,
 `500ms`; sizes are integers (bytes) or strings such as `64MiB`. Values come out typed: durations
 as float seconds, sizes as int bytes.
+
+The file is bounded before it is trusted (docs: configs/daemon.yaml's header): its size, every
+string, list and map in it, its nesting, and the number of nodes YAML aliases may expand to, so a
+hostile or broken file is refused with D1001 in milliseconds instead of being expanded; error
+messages quote at most a short excerpt of a bad value.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+import reprlib
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +37,41 @@ _SIZE_UNITS = {
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# Limits of a config file (D1001 past any of them). The shipped reference file is ~8 KiB, ~400 nodes.
+MAX_FILE_BYTES = 128 * 1024
+MAX_STRING = 16 * 1024  # characters in one scalar or key
+MAX_ITEMS = 1000  # entries in one list or map
+MAX_NODES = 5_000  # nodes in the document with every alias expanded (~0.2 s of parsing)
+MAX_ALIASES = 100  # alias references (*name)
+MAX_DEPTH = 32  # nesting of maps and lists
+MAX_PROBLEMS = 100  # problems listed in one D1002 error; the rest are counted
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 4, 4, 2
+_REPR.maxlong = 40
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A short repr of a value for error messages: never the whole of a huge or deeply nested one
+    (reprlib bounds the work, the cut bounds the text)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _finite(value: float, original: Any, what: str = "number") -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite {what}, got {excerpt(original)}")
+    return value
+
 
 def parse_duration(value: Any) -> float:
     """'30s' -> 30.0. Bare numbers are refused: '60' could mean seconds or milliseconds."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"must be a duration like 30s, got {value!r}")
+        raise ValueError(f"must be a duration like 30s, got {excerpt(value)}")
     m = _DURATION_RE.match(value)
     if not m:
-        raise ValueError(f"must be a duration like 30s, got {value!r}")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        raise ValueError(f"must be a duration like 30s, got {excerpt(value)}")
+    return _finite(float(m.group(1)) * _DURATION_UNITS[m.group(2)], value, "duration")
 
 
 def format_duration(seconds: float) -> str:
@@ -53,14 +87,14 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: Any) -> int:
     """65536 or '64MiB' -> bytes."""
     if isinstance(value, bool):
-        raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {value!r}")
+        raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {excerpt(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
             return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {value!r}")
+    raise ValueError(f"must be a size in bytes like 65536 or 64MiB, got {excerpt(value)}")
 
 
 def format_size(size: int) -> int | str:
@@ -90,23 +124,86 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that remembers duplicate keys: YAML keeps the last silently, hiding a typo."""
+class _LimitExceeded(yaml.MarkedYAMLError):
+    """A config file past one of the limits above; reported like a YAML syntax error (D1001)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses oversized documents while composing them, before anything is built.
+
+    PyYAML composes an alias as a reference to its anchor's node, so a 1 KiB "billion laughs" file
+    is a small graph; it explodes only when something walks it (construction of merge keys, a
+    repr in an error message, validation). Each node's size with its aliases expanded is counted
+    here, as the graph is built, so such a file is refused after a few hundred nodes. It also
+    remembers duplicate keys: YAML keeps the last silently, hiding a typo.
+    """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[str] = []
+        self._sizes: dict[int, int] = {}  # id(node) -> size with aliases expanded
+        self._total = 0
+        self._aliases = 0
+        self._depth = 0
+
+    def _refuse(self, mark: Any, problem: str) -> None:
+        raise _LimitExceeded(problem=problem, problem_mark=mark)
+
+    def _count(self, size: int, mark: Any) -> None:
+        self._total += size
+        if self._total > MAX_NODES:
+            self._refuse(mark, f"more than {MAX_NODES} nodes, counting each alias as what it expands to")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                self._refuse(mark, f"more than {MAX_ALIASES} aliases")
+            node = super().compose_node(parent, index)
+            self._count(self._sizes.get(id(node), 1), mark)
+            return node
+        mark = self.peek_event().start_mark
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            self._refuse(mark, f"nested deeper than {MAX_DEPTH} levels")
+        self._count(1, mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = 1
+        if isinstance(node, yaml.ScalarNode):
+            if len(node.value) > MAX_STRING:
+                self._refuse(mark, f"a string longer than {MAX_STRING} characters")
+        else:
+            if len(node.value) > MAX_ITEMS:
+                self._refuse(mark, f"a list or map with more than {MAX_ITEMS} entries")
+            children = node.value if isinstance(node, yaml.SequenceNode) else [
+                n for pair in node.value for n in pair]
+            size += sum(self._sizes.get(id(child), 1) for child in children)
+        self._sizes[id(node)] = size
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` is expanded by SafeLoader itself (and counted in compose_node)
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, str) and key in seen:
                 self.duplicates.append(
-                    f"{key}: duplicate key at line {key_node.start_mark.line + 1} (it would replace "
-                    "the earlier one)")
-            seen.add(key)
+                    f"{_short(key)}: duplicate key at line {key_node.start_mark.line + 1} (it would "
+                    "replace the earlier one)")
+            if isinstance(key, str):
+                seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _short(key: Any, limit: int = 60) -> str:
+    """A key as it appears in a message: itself when short, else a truncated excerpt."""
+    text = key if isinstance(key, str) else excerpt(key)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -119,6 +216,8 @@ class Field:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
+    # A path that, when relative, lives under daemon.work_dir (so one key moves every state file).
+    under_work_dir: bool = False
 
     def parse(self, value: Any) -> Any:
         kind = self.kind
@@ -128,44 +227,49 @@ class Field:
             out = parse_size(value)
         elif kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"must be true or false, got {value!r}")
+                raise ValueError(f"must be true or false, got {excerpt(value)}")
             out = value
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"must be an integer, got {value!r}")
+                raise ValueError(f"must be an integer, got {excerpt(value)}")
             out = value
         elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"must be a number, got {value!r}")
-            out = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"must be a number, got {excerpt(value)}")
+            try:
+                out = _finite(float(value), value)
+            except OverflowError:
+                raise ValueError(f"must be a finite number, got {excerpt(value)}") from None
         elif kind == "str":
             if not isinstance(value, str):
-                raise ValueError(f"must be a string, got {value!r}")
+                raise ValueError(f"must be a string, got {excerpt(value)}")
             out = value
         elif kind == "choice":
+            if isinstance(value, float) and str(value) in self.choices:  # YAML reads 1.2 as a number
+                value = str(value)
             if value not in self.choices:
-                raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
+                raise ValueError(f"must be one of {', '.join(self.choices)}, got {excerpt(value)}")
             out = value
         elif kind == "mode":
             if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
-                raise ValueError(f"must be an octal file mode like '0600', got {value!r}")
+                raise ValueError(f"must be an octal file mode like '0600', got {excerpt(value)}")
             out = int(value, 8)
         elif kind == "list[str]":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"must be a list of strings, got {value!r}")
+                raise ValueError(f"must be a list of strings, got {excerpt(value)}")
             out = list(value)
         elif kind == "map[str]":
             if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
-                raise ValueError(f"must be a mapping of strings to strings, got {value!r}")
+                raise ValueError(f"must be a mapping of strings to strings, got {excerpt(value)}")
             out = dict(value)
         else:  # pragma: no cover - schema bug
             raise AssertionError(kind)
         if self.minimum is not None and out < self.minimum:
-            raise ValueError(f"must be at least {self._show(self.minimum)}, got {value!r}")
+            raise ValueError(f"must be at least {self._show(self.minimum)}, got {excerpt(value)}")
         if self.maximum is not None and out > self.maximum:
-            raise ValueError(f"must be at most {self._show(self.maximum)}, got {value!r}")
+            raise ValueError(f"must be at most {self._show(self.maximum)}, got {excerpt(value)}")
         return out
 
     def _show(self, bound: float) -> str:
@@ -191,31 +295,34 @@ def _collector(interval: str = "60s", **extra: Field) -> dict[str, Any]:
     }
 
 
-# Paths left empty are derived from daemon.work_dir at load time (see _derive_paths).
+# Relative paths (every default one) are resolved under daemon.work_dir at load time (_derive_paths).
 SCHEMA: dict[str, Any] = {
     "daemon": {
         "id": Field("", "str", help="node id; empty: generated once and kept in work_dir"),
         "log_level": Field("info", "choice", choices=LOG_LEVELS),
-        "log_file": Field("/var/log/daemon/daemon.log", "str", help="JSON lines; empty: stderr only"),
+        "log_file": Field("daemon.log", "str", under_work_dir=True,
+                          help="JSON lines; relative: under work_dir; empty: stderr only"),
         "log_max_bytes": Field("10MiB", "size", minimum=4096),
         "log_backups": Field(5, "int", minimum=0, maximum=100),
-        "pid_file": Field("/var/run/daemon.pid", "str"),
+        "pid_file": Field("daemon.pid", "str", under_work_dir=True, help="empty: none"),
         "work_dir": Field("/var/lib/daemon", "str"),
         "report_interval": Field("60s", "duration", minimum=0.1, help="how often a report is built"),
         "report_timeout": Field("10s", "duration", minimum=0.01,
                                 help="a reporter still busy after this is left behind; the round goes on"),
         "shutdown_timeout": Field("30s", "duration", minimum=0.0,
                                   help="on stop, how long to wait for work in flight and the outbox flush"),
-        "control_socket": Field("", "str", help="empty: <work_dir>/control.sock"),
+        "control_socket": Field("control.sock", "str", under_work_dir=True),
         "labels": Field({}, "map[str]", help="sent to the Manager with the node info"),
     },
     "manager": {
         "address": Field("", "str", help="host:port; empty: run stand-alone"),
         "server_name": Field("", "str", help="TLS name to verify; empty: the host of address"),
         "tls": {
-            "cert_file": Field("/etc/daemon/certs/client.crt", "str"),
-            "key_file": Field("/etc/daemon/certs/client.key", "str"),
-            "ca_file": Field("/etc/daemon/certs/ca.crt", "str"),
+            "cert_file": Field("certs/client.crt", "str", under_work_dir=True),
+            "key_file": Field("certs/client.key", "str", under_work_dir=True),
+            "ca_file": Field("certs/ca.crt", "str", under_work_dir=True),
+            "min_version": Field("1.3", "choice", choices=("1.3", "1.2"),
+                                 help="oldest TLS version the link accepts; 1.2 only for an old Manager"),
         },
         "heartbeat_interval": Field("60s", "duration", minimum=0.1),
         "reconnect_interval": Field("10s", "duration", minimum=0.01),
@@ -223,7 +330,8 @@ SCHEMA: dict[str, Any] = {
         "timeout": Field("30s", "duration", minimum=0.01),
         "jitter": Field(0.1, "float", minimum=0.0, maximum=0.5, help="fraction added to intervals"),
         "keepalive_time": Field("60s", "duration", minimum=1.0,
-                                help="gRPC keepalive ping interval (the seed's 10s costs ~0.03 % idle CPU)"),
+                                help="HTTP/2 PING interval: a Manager that vanished is noticed within "
+                                "keepalive_time + keepalive_timeout"),
         "keepalive_timeout": Field("3s", "duration", minimum=0.1, help="a ping unanswered this long drops "
                                    "the connection"),
         "outbox": {
@@ -238,9 +346,9 @@ SCHEMA: dict[str, Any] = {
         "enabled": Field(True, "bool", help="supervise an Agent process"),
         "binary_path": Field("/usr/local/bin/agent", "str"),
         "args": Field([], "list[str]"),
-        "work_dir": Field("/var/lib/agent", "str"),
-        "config_file": Field("/etc/agent/agent.yaml", "str"),
-        "socket_path": Field("/var/run/agent.sock", "str"),
+        "work_dir": Field("agent", "str", under_work_dir=True),
+        "config_file": Field("agent/agent.yaml", "str", under_work_dir=True),
+        "socket_path": Field("agent.sock", "str", under_work_dir=True),
         "socket_mode": Field("0600", "mode"),
         "socket_group": Field("", "str", help="group that may connect; empty: owner only"),
         "stop_timeout": Field("30s", "duration", minimum=0.0, help="SIGTERM, then SIGKILL after this"),
@@ -276,16 +384,16 @@ SCHEMA: dict[str, Any] = {
     "reporters": {
         "file": {
             "enabled": Field(True, "bool", help="append each report as a JSON line"),
-            "path": Field("", "str", help="empty: <work_dir>/reports.jsonl"),
+            "path": Field("reports.jsonl", "str", under_work_dir=True),
             "max_bytes": Field("16MiB", "size", minimum=1024, help="rotated to .1 when exceeded"),
         },
     },
     "update": {
-        "download_dir": Field("/var/lib/daemon/downloads", "str"),
-        "backup_dir": Field("/var/lib/daemon/backups", "str"),
+        "download_dir": Field("downloads", "str", under_work_dir=True),
+        "backup_dir": Field("backups", "str", under_work_dir=True),
         "max_backups": Field(5, "int", minimum=1, maximum=100),
         "verify_timeout": Field("300s", "duration", minimum=0.1),
-        "public_key_file": Field("/etc/daemon/keys/update.pub", "str"),
+        "public_key_file": Field("keys/update.pub", "str", under_work_dir=True),
         "connect_timeout": Field("10s", "duration", minimum=0.01),
         "read_timeout": Field("30s", "duration", minimum=0.01),
         "download_deadline": Field("30m", "duration", minimum=0.1),
@@ -294,7 +402,7 @@ SCHEMA: dict[str, Any] = {
         "daemon_path": Field("", "str", help="the pyz to replace; empty: the running one"),
     },
     "plugins": {
-        "dir": Field("", "str", help="empty: <work_dir>/plugins"),
+        "dir": Field("plugins", "str", under_work_dir=True),
         "disabled": Field([], "list[str]", help="plugin names not to load"),
     },
     "prometheus": {
@@ -341,10 +449,13 @@ class Config(Section):
     """The whole validated configuration, plus where it came from."""
 
     source: str
+    derived: tuple[str, ...]
 
-    def __init__(self, data: dict[str, Any], source: str) -> None:
+    def __init__(self, data: dict[str, Any], source: str, derived: Iterable[str] = ()) -> None:
         super().__init__(data)
         object.__setattr__(self, "source", source)
+        # Keys whose relative value was put under daemon.work_dir (`config show` marks them).
+        object.__setattr__(self, "derived", tuple(derived))
 
     def collector(self, name: str) -> Section:
         """A collector's section; plugin collectors not in the file get the generic defaults."""
@@ -374,7 +485,7 @@ def _validate_tree(schema: dict[str, Any], raw: Any, path: str, problems: list[s
     out: dict[str, Any] = {}
     for key in raw:
         if key not in schema and not (path == "collectors" and isinstance(key, str)):
-            hint = _did_you_mean(str(key), schema)
+            hint = _did_you_mean(_short(key), schema)
             problems.append(f"{_join(path, key)}: unknown key{hint}")
     for key, node in schema.items():
         sub = _join(path, key)
@@ -402,7 +513,7 @@ def _did_you_mean(key: str, schema: dict[str, Any]) -> str:
 
 
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    return f"{path}.{_short(key)}" if path else _short(key)
 
 
 def _render(schema: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -438,9 +549,9 @@ def _check_consistency(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
                     "manager.reconnect_max: must not be shorter than manager.reconnect_interval"))
     addr = mgr["address"]
     if addr and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):\d{1,5}", addr):
-        out.append((("manager.address",), f"manager.address: must be host:port, got {addr!r}"))
+        out.append((("manager.address",), f"manager.address: must be host:port, got {excerpt(addr)}"))
     elif addr and not 0 < int(addr.rsplit(":", 1)[1]) < 65536:
-        out.append((("manager.address",), f"manager.address: port must be 1-65535, got {addr!r}"))
+        out.append((("manager.address",), f"manager.address: port must be 1-65535, got {excerpt(addr)}"))
     if not data["daemon"]["work_dir"]:
         out.append((("daemon.work_dir",), "daemon.work_dir: must not be empty"))
     try:
@@ -453,16 +564,37 @@ def _check_consistency(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]
     return out
 
 
-def _derive_paths(data: dict[str, Any]) -> None:
-    work_dir = data["daemon"]["work_dir"]
-    derived = (
-        (data["daemon"], "control_socket", "control.sock"),
-        (data["reporters"]["file"], "path", "reports.jsonl"),
-        (data["plugins"], "dir", "plugins"),
-    )
-    for section, key, name in derived:
-        if not section[key]:
-            section[key] = os.path.join(work_dir, name)
+# Paths where "" keeps its older meaning "the default under work_dir" (for log_file and pid_file
+# "" means none: stderr only, no pid file).
+_EMPTY_MEANS_DEFAULT = ("daemon.control_socket", "reporters.file.path", "plugins.dir")
+
+
+def _path_fields(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, Field]]:
+    for key, node in schema.items():
+        sub = _join(path, key)
+        if isinstance(node, Field):
+            if node.under_work_dir:
+                yield sub, node
+        else:
+            yield from _path_fields(node, sub)
+
+
+def _derive_paths(data: dict[str, Any]) -> list[str]:
+    """Make work_dir absolute and put every relative state path under it; return the keys moved."""
+    work_dir = data["daemon"]["work_dir"] = os.path.abspath(data["daemon"]["work_dir"])
+    derived = []
+    for dotted, node in _path_fields(SCHEMA):
+        *parents, key = dotted.split(".")
+        section = data
+        for name in parents:
+            section = section[name]
+        value = section[key]
+        if not value and dotted in _EMPTY_MEANS_DEFAULT:
+            value = node.default
+        if value and not os.path.isabs(value):
+            section[key] = os.path.join(work_dir, value)
+            derived.append(dotted)
+    return derived
 
 
 def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None = None) -> Config:
@@ -479,40 +611,77 @@ def validate(raw: Any, source: str = "<defaults>", *, problems: list[str] | None
     # report a contradiction the operator did not write.
     bad = {p.split(":", 1)[0] for p in problems}
     problems += [msg for keys, msg in _check_consistency(data) if not bad.intersection(keys)]
+    if len(problems) > MAX_PROBLEMS:  # a file of garbage must not become a megabyte of output
+        problems = problems[:MAX_PROBLEMS] + [f"<file>: {len(problems) - MAX_PROBLEMS} more problem(s) "
+                                              "not listed"]
     if problems:
         raise ConfigValidateError(problems)
-    _derive_paths(data)
-    return Config(_wrap(data)._data, source)
+    derived = _derive_paths(data)
+    return Config(_wrap(data)._data, source, derived=derived)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Load and validate a config file; None means built-in defaults only.
 
-    D1001: the file cannot be read, is empty or is not YAML. D1002: it is YAML but not a valid config.
+    D1001: the file cannot be read, is not a regular file, is too large, not YAML, or past
+    a limit (MAX_* above). D1002: it is YAML but not a valid config.
     """
     if path is None:
         return validate({})
     path = os.fspath(path)
+    raw, duplicates = _load_yaml(path)
+    # An empty file (or only comments) is the defaults, as configs/daemon.yaml promises.
+    return validate(raw, source=path, problems=duplicates)
+
+
+def read_raw(path: str) -> Any:
+    """The parsed YAML document of a config file, unvalidated but within the same limits (D1001)."""
+    return _load_yaml(path)[0]
+
+
+def _read_bounded(path: str) -> str:
+    """The file's text; D1001 unless it is a regular UTF-8 file of at most MAX_FILE_BYTES."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # O_NONBLOCK: a FIFO planted at the path must not hang `config check` or a reload.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigLoadError(f"config: cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigLoadError(f"config: {path} is not UTF-8 text: {exc}") from exc
-    loader = _UniqueKeyLoader(text)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigLoadError(f"config: {path} is not a regular file")
+        try:
+            data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigLoadError(f"config: cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigLoadError(f"config: {path} is larger than {MAX_FILE_BYTES // 1024} KiB; refusing "
+                              "to parse it")
     try:
-        raw = loader.get_single_data()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigLoadError(f"config: {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+
+
+def _load_yaml(path: str) -> tuple[Any, list[str]]:
+    text = _read_bounded(path)
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # the reader already refuses control characters (a YAMLError)
+        return loader.get_single_data(), loader.duplicates
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigLoadError(f"config: {path} is not valid YAML{at}: {problem}") from exc
+        problem = getattr(exc, "problem", None) or exc
+        what = "is past a config file limit" if isinstance(exc, _LimitExceeded) else "is not valid YAML"
+        raise ConfigLoadError(f"config: {path} {what}{at}: {str(problem)[:200]}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors let some of these through (a timestamp like 2026-13-45, an integer
+        # past Python's digit limit); they are the file's fault all the same.
+        raise ConfigLoadError(f"config: {path} has a value YAML cannot represent: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}") from exc
     finally:
-        loader.dispose()
-    if raw is None:
-        raise ConfigLoadError(f"config: {path} is empty")
-    return validate(raw, source=path, problems=loader.duplicates)
+        if loader is not None:
+            loader.dispose()
 
 
 def resolve_path(cli_value: str | None) -> str | None:
@@ -520,9 +689,12 @@ def resolve_path(cli_value: str | None) -> str | None:
     return cli_value or os.environ.get(ENV_CONFIG) or None
 
 
-def summary(cfg: Config) -> str:
+def summary(cfg: Config, warnings: int = 0) -> str:
+    """The one-line verdict of `config check`."""
     enabled = [name for name, c in cfg.collectors.items() if c.enabled]
     mode = f"manager {cfg.manager.address}" if cfg.manager.address else "stand-alone"
-    agent = cfg.agent.binary_path if cfg.agent.enabled else "no agent"
-    return f"config OK: {cfg.source}: {mode}; agent {agent}; collectors {', '.join(enabled) or 'none'}"
-
+    agent = f"agent {cfg.agent.binary_path}" if cfg.agent.enabled else "no Agent (agent.enabled: false)"
+    verdict = (f"config valid with {warnings} warning{'s' if warnings != 1 else ''} (above)"
+               if warnings else "config OK")
+    return (f"{verdict}: {cfg.source}: {mode}; {agent}; collectors {', '.join(enabled) or 'none'}; "
+            f"work_dir {cfg.daemon.work_dir}")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon_app import fsutil
 from daemon_app.errors import ConfigValidateError, ControlError, DaemonError
 from daemon_app.wakeup import WakePipe
 
@@ -78,7 +79,11 @@ class ControlServer:
         if size > 107:
             raise ConfigValidateError([f"daemon.control_socket: {self.path!r} is {size} bytes; a Unix "
                                        "socket path must be at most 107"])
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o750, exist_ok=True)
+        try:
+            # Whoever can write the socket's directory can put their own socket in its place.
+            fsutil.private_dir(os.path.dirname(os.path.abspath(self.path)), 0o750, tighten=False)
+        except OSError as exc:
+            raise ConfigValidateError([f"daemon.control_socket: {exc}"]) from None
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         # umask, not chmod after bind: the socket never exists with wider permissions.

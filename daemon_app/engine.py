@@ -21,17 +21,17 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from daemon_app import __version__, logs
+from daemon_app import __version__, fsutil, logs, threads
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
 from daemon_app.errors import AlreadyRunningError, ConfigValidateError, ControlError, DaemonError
 from daemon_app.metrics import Metrics, rfc3339
+from daemon_app.nodeid import load_or_create_node_id
 from daemon_app.plugins import Plugins
 from daemon_app.systemd import Notifier, watchdog_interval
 
@@ -66,38 +66,9 @@ class Service(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
-    """`daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
-    if configured:
-        return configured
-    path = os.path.join(work_dir, "node_id")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            node_id = fh.read().strip()
-        if node_id:
-            return node_id
-    except FileNotFoundError:
-        pass
-    node_id = str(uuid.uuid4())
-    write_atomic(path, node_id + "\n")
-    return node_id
-
-
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Same-directory temp file, fsync, rename: a reader sees the old or the new file, never half."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """fsutil.write_atomic for text: a reader sees the old or the new file, never half."""
+    fsutil.write_atomic(path, text.encode(), mode)
 
 
 class InstanceLock:
@@ -116,7 +87,8 @@ class InstanceLock:
         for path, setting in self.paths:
             try:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # A pid file planted as a symlink would have us truncate its target.
+                fd = fsutil.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 self.release()
                 raise ConfigValidateError([f"{setting}: cannot open {path}: {exc.strerror or exc}"]) from None
@@ -316,7 +288,9 @@ class Engine:
         self._thread_ident = threading.get_ident()
         work_dir = self.cfg.daemon.work_dir
         try:
-            os.makedirs(work_dir, mode=0o750, exist_ok=True)
+            fsutil.private_dir(work_dir, 0o750, tighten=False)
+        except fsutil.UnsafePathError as exc:
+            raise ConfigValidateError([f"daemon.work_dir: {exc}"]) from None
         except OSError as exc:
             raise ConfigValidateError([f"daemon.work_dir: cannot create {work_dir}: {exc.strerror}"]) \
                 from None
@@ -378,8 +352,7 @@ class Engine:
     def _check_previous_run(self) -> None:
         """Say so when the last daemon did not stop cleanly (crash, kill -9, power loss)."""
         try:
-            with open(self._state_path(), encoding="utf-8") as fh:
-                previous = json.load(fh)
+            previous = fsutil.read_json(self._state_path())
         except (OSError, ValueError):
             previous = None
         if isinstance(previous, dict) and not previous.get("clean", True):
@@ -485,6 +458,7 @@ class Engine:
         except Exception as exc:
             log.error("D5001 reporter %s raised: %s: %s", name, type(exc).__name__, exc,
                       extra={"code": "D5001", "plugin": name})
+            log.debug("reporter %s raised here:", name, exc_info=exc, extra={"plugin": name})
         finally:
             self.work.end(token)
 
@@ -772,6 +746,7 @@ class Engine:
             "last_report": rfc3339(self.last_report) if self.last_report else None,
             "reports_built": self.reports_built,
             "in_flight": self.work.active(),
+            "threads": threads.snapshot(),
         }
         for name, provider in list(self.status_providers.items()):
             if out.get(name) is None:

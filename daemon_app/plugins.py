@@ -11,13 +11,16 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import re
+import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
-from daemon_app import hookspecs
+from daemon_app import fsutil, hookspecs
 from daemon_app.errors import DaemonError
 from daemon_app.plugin_events import QUEUE_SIZE, Busy, EventDispatcher
 
@@ -76,6 +79,7 @@ class Plugins:
     def _failed(self, name: str, version: str, source: str, exc: BaseException) -> None:
         err = PluginLoadError(f"plugin {name!r} ({source}) failed to load: {type(exc).__name__}: {exc}")
         log.error(str(err), extra={"code": err.code, "plugin": name})
+        log.debug("plugin %r failed to load here:", name, exc_info=exc, extra={"plugin": name})
         self.failed.append(PluginInfo(name, version, source, [], str(err)))
 
     def load_builtins(self, cfg: Any) -> None:
@@ -123,7 +127,14 @@ class Plugins:
     def load_directory(self, cfg: Any) -> None:
         """Put the plugin dir on sys.path (pip --target packages) and load loose *.py plugins."""
         plugin_dir = cfg.plugins.dir
-        if not os.path.isdir(plugin_dir):
+        if not os.path.lexists(plugin_dir):
+            return
+        try:
+            # Code from here runs as the daemon's user: nobody else may have put it there.
+            fsutil.check_dir(plugin_dir)
+        except OSError as exc:
+            log.error("D5001 plugins.dir: %s; no plugin is loaded from it", exc,
+                      extra={"code": "D5001", "plugin_dir": plugin_dir})
             return
         if plugin_dir not in sys.path:
             sys.path.append(plugin_dir)
@@ -137,6 +148,7 @@ class Plugins:
             path = os.path.join(plugin_dir, entry)
             module_name = f"daemon_plugin_{name}"
             try:
+                fsutil.check_file(path)
                 spec = importlib.util.spec_from_file_location(module_name, path)
                 assert spec and spec.loader
                 module = importlib.util.module_from_spec(spec)
@@ -186,6 +198,8 @@ class Plugins:
                     "%s plugin %s raised in %s: %s: %s", code, name, hook, type(exc).__name__, exc,
                     extra={"plugin": name, "hook": hook, "code": code},
                 )
+                log.debug("plugin %s raised in %s here:", name, hook, exc_info=exc,
+                          extra={"plugin": name, "hook": hook})
         return results
 
     def post_event(self, event: dict[str, Any]) -> None:
@@ -203,6 +217,8 @@ class Plugins:
                 log.error("D5001 plugin %s raised in on_agent_event: %s: %s", call.plugin_name,
                           type(exc).__name__, exc,
                           extra={"plugin": call.plugin_name, "hook": "on_agent_event", "code": "D5001"})
+                log.debug("plugin %s raised in on_agent_event here:", call.plugin_name, exc_info=exc,
+                          extra={"plugin": call.plugin_name, "hook": "on_agent_event"})
 
 
 class HookCall:
@@ -245,3 +261,123 @@ def load_all(cfg: Any) -> Plugins:
     plugins.load_directory(cfg)
     plugins.load_entrypoints(cfg)
     return plugins
+
+
+# --- the plugin directory as pip --target leaves it: uninstall, and old versions after an upgrade ---
+
+def _normalize(name: str) -> str:
+    """PEP 503: `Daemon_Plugin.Loadavg` and `daemon-plugin-loadavg` are the same project."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _dists(plugin_dir: str) -> list[importlib.metadata.Distribution]:
+    return list(importlib.metadata.distributions(path=[plugin_dir]))
+
+
+def _dist_info_dir(dist: importlib.metadata.Distribution) -> str:
+    return str(dist._path)  # type: ignore[attr-defined]  # PathDistribution: its *.dist-info
+
+
+def _dist_files(plugin_dir: str, dist: importlib.metadata.Distribution) -> set[str]:
+    """The files its RECORD lists, as real paths inside plugin_dir (anything outside is ignored)."""
+    root = os.path.realpath(plugin_dir)
+    out = set()
+    for f in dist.files or []:
+        path = os.path.realpath(os.path.join(root, str(f)))
+        if path.startswith(root + os.sep):
+            out.add(path)
+    return out
+
+
+def _remove_files(plugin_dir: str, files: Iterable[str]) -> list[str]:
+    removed = []
+    root = os.path.realpath(plugin_dir)
+    dirs = set()
+    for path in sorted(files):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            continue
+        dirs.add(os.path.dirname(path))
+    # Then the directories those files leave empty (deepest first), never plugin_dir itself.
+    for d in sorted(dirs, key=len, reverse=True):
+        while d.startswith(root + os.sep):
+            pycache = os.path.join(d, "__pycache__")
+            if os.path.isdir(pycache) and not _has_source(d):
+                shutil.rmtree(pycache, ignore_errors=True)
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+            d = os.path.dirname(d)
+    return removed
+
+
+def _has_source(directory: str) -> bool:
+    return any(e.endswith(".py") for e in os.listdir(directory))
+
+
+def uninstall(plugin_dir: str, name: str) -> list[str]:
+    """Remove what `plugins install` put into plugin_dir for `name` (project name or plugin name),
+    or the loose module `name`.py. Returns what was removed; PluginNotInstalled when nothing matched.
+    """
+    removed: list[str] = []
+    wanted = _normalize(name)
+    for dist in _dists(plugin_dir):
+        project = _normalize(dist.metadata["Name"] or "")
+        plugin_names = {ep.name for ep in dist.entry_points if ep.group == hookspecs.ENTRY_POINT_GROUP}
+        if project != wanted and name not in plugin_names:
+            continue
+        info_dir = _dist_info_dir(dist)
+        removed += _remove_files(plugin_dir, _dist_files(plugin_dir, dist))
+        if os.path.isdir(info_dir):
+            shutil.rmtree(info_dir)
+            removed.append(info_dir)
+    loose = os.path.join(plugin_dir, f"{name}.py")
+    if os.path.isfile(loose) and not name.startswith(("_", ".")) and os.sep not in name:
+        os.unlink(loose)
+        removed.append(loose)
+        cache = os.path.join(os.path.realpath(plugin_dir), "__pycache__")
+        stale = [os.path.join(cache, e) for e in _listdir(cache)
+                 if e.startswith(f"{name}.") and e.endswith(".pyc")]
+        removed += _remove_files(plugin_dir, stale)
+    if not removed:
+        raise PluginNotInstalled(f"plugins uninstall: nothing named {name!r} is installed in {plugin_dir}")
+    return removed
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def dist_info_dirs(plugin_dir: str) -> set[str]:
+    """The *.dist-info directories in plugin_dir now (taken before pip runs, for prune_upgraded)."""
+    return {os.path.join(plugin_dir, e) for e in _listdir(plugin_dir) if e.endswith(".dist-info")}
+
+
+def prune_upgraded(plugin_dir: str, before: set[str]) -> list[str]:
+    """After `pip install --target --upgrade`: pip replaces the package directories but leaves the
+    old version's `*.dist-info` (its name carries the version), so the old version would still be
+    listed and its entry points loaded. Remove every older dist-info of a project pip just
+    installed again, with any file only the old version had."""
+    dists = _dists(plugin_dir)
+    fresh = {_normalize(d.metadata["Name"] or ""): d for d in dists if _dist_info_dir(d) not in before}
+    removed: list[str] = []
+    for dist in dists:
+        info_dir = _dist_info_dir(dist)
+        new = fresh.get(_normalize(dist.metadata["Name"] or ""))
+        if info_dir not in before or new is None:
+            continue
+        only_old = _dist_files(plugin_dir, dist) - _dist_files(plugin_dir, new)
+        removed += _remove_files(plugin_dir, {f for f in only_old if not f.startswith(info_dir + os.sep)})
+        shutil.rmtree(info_dir, ignore_errors=True)
+        removed.append(info_dir)
+    return removed
+
+
+class PluginNotInstalled(DaemonError):
+    code = "D5001"

@@ -1,5 +1,5 @@
 """Update packages for daemons: a content-addressed directory next to the database, served over HTTPS
-with mutual TLS (the Manager's server certificate, client certificates from the same CA as gRPC).
+with mutual TLS 1.3 (the Manager's server certificate, client certificates from the same CA as gRPC).
 
 `push-update` copies a package in as `<db>.files/<sha256>`; `serve` runs `FileServer`, which answers
 `GET /files/<sha256>` to any daemon holding a client certificate of the CA, and records its base URL
@@ -127,7 +127,7 @@ class FileServer:
         root.mkdir(mode=0o750, parents=True, exist_ok=True)
         handler = type("Handler", (_Handler,), {"root": root})
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # seed §6.1, like the daemon's link
         d = Path(self.tls_dir)
         ctx.load_cert_chain(d / "server.crt", d / "server.key")
         ctx.load_verify_locations(d / "ca.crt")

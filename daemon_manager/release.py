@@ -29,13 +29,23 @@ def parse_expires(value: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     m = _DURATION_RE.match(value.strip())
     if m:
-        return now + timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+        if seconds <= 0:
+            raise click.BadParameter(f"must be a duration longer than zero, got {value!r}")
+        try:
+            return now + timedelta(seconds=seconds)
+        except OverflowError:
+            raise click.BadParameter(f"{value!r} is too far in the future") from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"must be a duration like 30d or an RFC 3339 time, got {value!r}") from None
     if when.tzinfo is None:
         raise click.BadParameter(f"an RFC 3339 time needs a zone (Z or +hh:mm), got {value!r}")
+    if when <= now:
+        # Every daemon would refuse it (D4002 expired): better to say so before it is published.
+        raise click.BadParameter(f"{value!r} is in the past (now {now:%Y-%m-%dT%H:%M:%SZ}); "
+                                 "a release must expire in the future")
     return when
 
 
@@ -107,6 +117,10 @@ def release_group() -> None:
     """Sign release manifests for `daemon update`."""
 
 
+def _expires(ctx: click.Context, param: click.Parameter, value: str) -> datetime:
+    return parse_expires(value)
+
+
 @release_group.command("sign")
 @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Private key, PEM (RSA, ECDSA P-256 or Ed25519), unencrypted.")
@@ -114,16 +128,16 @@ def release_group() -> None:
 @click.option("--version", required=True, callback=_version, help="Release version, e.g. 1.4.2.")
 @click.option("--file", "package", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The package (agent binary or daemon.pyz).")
-@click.option("--expires", default="30d", show_default=True,
+@click.option("--expires", default="30d", show_default=True, callback=_expires,
               help="Validity: a duration from now (30d, 12h) or an RFC 3339 time.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for manifest.json and manifest.json.sig.")
 @click.option("--rsa-pss", is_flag=True, help="RSA keys: sign with PSS instead of PKCS#1 v1.5.")
-def sign_cmd(key_path: str, component: str, version: str, package: str, expires: str, out_dir: str,
+def sign_cmd(key_path: str, component: str, version: str, package: str, expires: datetime, out_dir: str,
              rsa_pss: bool) -> None:
     """Write OUT/manifest.json (component, version, sha256, size, expires) and its signature."""
     try:
-        manifest = make_release(key_path, component, version, package, out_dir, parse_expires(expires),
+        manifest = make_release(key_path, component, version, package, out_dir, expires,
                                 rsa_pss=rsa_pss)
     except (OSError, ValueError, TypeError) as exc:
         raise click.ClickException(f"cannot sign: {exc}") from exc

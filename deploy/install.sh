@@ -1,22 +1,30 @@
 #!/bin/sh
-# Install daemon.pyz as a systemd service. Idempotent: a second run with the same inputs changes
-# nothing. An existing /etc/daemon/daemon.yaml is never overwritten; the shipped reference is then
-# put next to it as daemon.yaml.dist.
-#
-#   deploy/install.sh [--prefix DIR] [--pyz FILE] [--config FILE] [--unit FILE] [--start]
-#
-#   --prefix DIR   install under DIR instead of / (also: DESTDIR=DIR); systemctl is not run
-#   --pyz FILE     the zipapp to install (default: dist/daemon.pyz)
-#   --config FILE  the reference config (default: configs/daemon.yaml)
-#   --unit FILE    the systemd unit (default: deploy/daemon.service)
-#   --start        also start the service (without a prefix only)
+# Install daemon.pyz as a systemd service (usage below, or run it with --help).
 set -eu
+
+usage() {
+    cat <<'USAGE'
+Usage: deploy/install.sh [--prefix DIR] [--pyz FILE] [--config FILE] [--unit FILE] [--start]
+
+Install daemon.pyz as a systemd service: /opt/daemon/daemon.pyz, /etc/daemon/daemon.yaml (the FHS
+layout: state in /var/lib/daemon, logs in /var/log/daemon), /etc/systemd/system/daemon.service.
+Idempotent: a second run with the same inputs changes nothing. An existing /etc/daemon/daemon.yaml
+is never overwritten; the shipped one is then put next to it as daemon.yaml.dist.
+
+  --prefix DIR   install under DIR instead of / (also: DESTDIR=DIR); systemctl is not run
+  --pyz FILE     the zipapp to install (default: dist/daemon.pyz; build it with: make pyz)
+  --config FILE  the config to install (default: deploy/daemon.yaml)
+  --unit FILE    the systemd unit (default: deploy/daemon.service)
+  --start        also start the service (without a prefix only)
+  -h, --help     this text
+USAGE
+}
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 prefix=${DESTDIR:-}
 pyz_src=$repo/dist/daemon.pyz
-config_src=$repo/configs/daemon.yaml
+config_src=$here/daemon.yaml
 unit_src=$here/daemon.service
 start=no
 
@@ -30,7 +38,7 @@ while [ $# -gt 0 ]; do
         --config) [ $# -ge 2 ] || die "--config needs a file"; config_src=$2; shift 2 ;;
         --unit) [ $# -ge 2 ] || die "--unit needs a file"; unit_src=$2; shift 2 ;;
         --start) start=yes; shift ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -83,7 +91,7 @@ if [ -e "$prefix/etc/daemon/daemon.yaml" ]; then
     if cmp -s "$config_src" "$prefix/etc/daemon/daemon.yaml"; then
         echo "unchanged  /etc/daemon/daemon.yaml"
     else
-        echo "kept       /etc/daemon/daemon.yaml (yours; the shipped reference goes to daemon.yaml.dist)"
+        echo "kept       /etc/daemon/daemon.yaml (yours; the shipped one goes to daemon.yaml.dist)"
         install_file "$config_src" /etc/daemon/daemon.yaml.dist 0644 || true
     fi
 else

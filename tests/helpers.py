@@ -10,10 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,3 +132,41 @@ class DaemonProcess:
     def output(self) -> tuple[str, str]:
         out, err = self.proc.communicate(timeout=10)
         return out.decode(errors="replace"), err.decode(errors="replace")
+
+
+# --- a small real filesystem that can be filled -----------------------------------------------------
+
+class SmallFS:
+    """A tmpfs of a few MiB; `fill()` takes every free byte, `free()` gives it back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ballast = path / "ballast"
+
+    def fill(self, leave: int = 0) -> None:
+        with open(self.ballast, "ab", buffering=0) as fh:
+            for size in (65536, 4096, 1):  # the last partial pages too
+                try:
+                    while True:
+                        fh.write(b"\0" * size)
+                except OSError:
+                    pass
+        if leave:
+            os.truncate(self.ballast, os.path.getsize(self.ballast) - leave)
+
+    def free(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+
+def mount_small_fs(size: str = "4m") -> Iterator[SmallFS]:
+    path = Path(short_tmpdir("full"))
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        os.rmdir(path)
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or res.returncode})")
+    try:
+        yield SmallFS(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+        os.rmdir(path)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipapp
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from daemon_app import config as config_mod
 from daemon_app.update.manifest import Manifest
 from daemon_manager.release import sign_bytes
-from tests.helpers import base_config
+from tests.helpers import ROOT, base_config
 
 # --- keys and releases --------------------------------------------------------------------------
 
@@ -269,3 +270,59 @@ class ProcessSupervisor:
 
     def emit(self, event_type: str, **fields: Any) -> None:
         self.events.append((event_type, fields))
+
+
+# --- a stand-in daemon.pyz for self-update tests ------------------------------------------------
+
+# A zipapp that plays the daemon around a self-update: records that it started, recovers, commits
+# (healthy), fails in the given way (crash: exit 1, exit2, abort: SIGABRT, hang: never commits,
+# exits 0 on SIGTERM), or runs the update its test left in OUT/update-request and execs into it.
+MAIN = '''
+import json, os, pathlib, signal, sys, time
+sys.path.insert(0, {root!r})
+from daemon_app import config
+from daemon_app.update.flow import Updater, UpdateRequest
+from daemon_app.update.selfupdate import commit_pending_update, exec_into
+
+VERSION, MODE = {version!r}, {mode!r}
+cfg = config.load(sys.argv[1])
+out = pathlib.Path(sys.argv[2])
+
+def record(name, data):
+    (out / (name + ".tmp")).write_text(json.dumps(data))
+    os.replace(out / (name + ".tmp"), out / name)
+
+record(VERSION + ".started", {{"pid": os.getpid()}})
+with open(out / "starts.log", "a") as fh:
+    fh.write("%s %d\\n" % (VERSION, os.getpid()))
+if MODE == "crash":
+    sys.exit(1)
+if MODE == "exit2":
+    sys.exit(2)
+if MODE == "abort":
+    os.abort()
+# Like the real daemon: SIGTERM is a clean stop, exit status 0.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+result = Updater(cfg).recover()
+record(VERSION + ".recovered", result.to_dict() if result else None)
+if MODE == "healthy":
+    record(VERSION + ".commit", commit_pending_update(cfg.daemon.work_dir))
+request = out / "update-request"
+if request.exists():
+    os.rename(request, out / "update-request.taken")
+    rel = str(out / "release")
+    req = UpdateRequest.from_dir("daemon", rel, file=rel + "/package")
+    res = Updater(cfg, daemon_restart=lambda: exec_into(cfg.update.daemon_path)).run(req)
+    record(VERSION + ".update-failed", res.to_dict())
+deadline = time.monotonic() + 60
+while not (out / "stop").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+'''
+
+
+def make_pyz(path: Path, version: str, mode: str) -> bytes:
+    src = path.parent / f"src-{version}-{mode}"
+    src.mkdir()
+    (src / "__main__.py").write_text(MAIN.format(root=str(ROOT), version=version, mode=mode))
+    zipapp.create_archive(src, path)
+    return path.read_bytes()

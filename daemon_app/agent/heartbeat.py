@@ -1,9 +1,12 @@
 """Heartbeat receiver: JSON lines from the Agent on a Unix socket (seed §3.3.3), hostile input bounded.
 
 One thread runs a selector over non-blocking sockets. Every peer is checked with SO_PEERCRED; every
-line is size-limited; a malformed line is counted and its connection dropped; connections are
-capped, and when the cap is reached the least recently active connection that is not the Agent's
-is evicted, so a flood can neither grow memory without bound nor lock the real Agent out.
+line is size-limited (a connection never holds more than MAX_LINE bytes, in any code path) and
+depth-limited before it reaches the JSON parser; any failure while reading or parsing a line is
+counted as invalid and drops its connection; a partial line held longer than PARTIAL_LINE_TIMEOUT
+drops its connection too (slow senders cannot hold the slots); connections are capped, and when
+the cap is reached the least recently active connection that is not the Agent's is evicted, so a
+flood can neither grow memory without bound nor lock the real Agent out.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import grp
 import json
 import logging
+import math
 import os
 import pwd
+import re
 import selectors
 import socket
 import stat
@@ -24,14 +29,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from daemon_app.errors import AgentStartError
+from daemon_app.errors import AgentHealthError, AgentStartError
 from daemon_app.wakeup import WakePipe
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 64 * 1024  # bytes in one line, its newline included
+MAX_DEPTH = 32  # nesting of JSON arrays/objects in one line; a heartbeat needs 2
+PARTIAL_LINE_TIMEOUT = 5.0  # seconds a connection may hold an unfinished line
 MAX_CONNECTIONS = 64
-_READ_CHUNK = 64 * 1024
+_ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed for want of descriptors
+MAX_PID = 1 << 22  # the kernel's PID_MAX_LIMIT
+MAX_MEMORY = 1 << 62  # bytes; anything larger is not a real RSS
+MAX_CPU = 1e6  # percent (100 = one core)
 _CRED = struct.Struct("3i")
 
 
@@ -58,39 +68,96 @@ class Heartbeat:
     received: float = field(default_factory=time.monotonic)
 
 
-class InvalidHeartbeat(ValueError):
-    """A line that is not a heartbeat; the message says what is wrong (it goes to the debug log)."""
+class InvalidHeartbeat(AgentHealthError, ValueError):
+    """D3003: a line that is not a heartbeat; the message says what is wrong (it goes to the debug log)."""
+
+
+_TOKENS = re.compile(rb'[\[\]{}"\\]')
+
+
+def json_depth(line: bytes) -> int:
+    """The deepest nesting of arrays/objects in `line`, brackets inside strings not counted.
+
+    One linear pass, no recursion: it must be safe on exactly the input that would crash a
+    recursive parser (and on strings full of escaped quotes, which make a regex backtrack).
+    """
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return 0  # cannot be too deep: every ordinary heartbeat skips the scan
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1
+    for match in _TOKENS.finditer(line):
+        pos = match.start()
+        if pos == escaped_at:
+            continue
+        char = line[pos]
+        if in_string:
+            if char == 0x5C:  # backslash: the next byte is escaped
+                escaped_at = pos + 1
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _excerpt(value: object, limit: int = 40) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "<huge integer>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_heartbeat(line: bytes, peer: Peer) -> Heartbeat:
     """Validate one line. Required: pid (int), timestamp (RFC 3339 string), version, status (strings).
 
     Optional: cpu (number, percent), memory (int, bytes). Unknown keys are ignored so Agents may add
-    fields without breaking older daemons.
+    fields without breaking older daemons. Any input either parses or raises InvalidHeartbeat (D3003).
     """
+    if len(line) > MAX_LINE:
+        raise InvalidHeartbeat(f"line longer than {MAX_LINE} bytes")
+    if json_depth(line) > MAX_DEPTH:
+        raise InvalidHeartbeat(f"nested deeper than {MAX_DEPTH} levels")
     try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidHeartbeat(f"not JSON: {exc}") from None
+        # NaN/Infinity are not JSON, and 1e999 would become inf: both refused here.
+        obj = json.loads(line, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except Exception as exc:  # any parser failure is the peer's, never the receiver's
+        raise InvalidHeartbeat(f"not JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise InvalidHeartbeat(f"must be a JSON object, got {type(obj).__name__}")
     pid = obj.get("pid")
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        raise InvalidHeartbeat(f"pid must be a positive integer, got {pid!r}")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= MAX_PID:
+        raise InvalidHeartbeat(f"pid must be an integer from 1 to {MAX_PID}, got {_excerpt(pid)}")
     for key in ("timestamp", "version", "status"):
         value = obj.get(key)
-        if not isinstance(value, str) or not value or len(value) > 256:
-            raise InvalidHeartbeat(f"{key} must be a non-empty string (<= 256 chars), got {value!r}")
+        # Printable only: these strings reach `daemon status` on an operator's terminal.
+        if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable():
+            raise InvalidHeartbeat(f"{key} must be a non-empty printable string (<= 256 chars), got "
+                                   f"{_excerpt(value)}")
     try:
         datetime.fromisoformat(obj["timestamp"].replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidHeartbeat(f"timestamp must be RFC 3339, got {obj['timestamp']!r}") from None
+        raise InvalidHeartbeat(f"timestamp must be RFC 3339, got {_excerpt(obj['timestamp'])}") from None
     cpu = obj.get("cpu", 0.0)
-    if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu < 0:
-        raise InvalidHeartbeat(f"cpu must be a non-negative number, got {cpu!r}")
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 <= cpu <= MAX_CPU:
+        raise InvalidHeartbeat(f"cpu must be a number from 0 to {MAX_CPU:g}, got {_excerpt(cpu)}")
     memory = obj.get("memory", 0)
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise InvalidHeartbeat(f"memory must be a non-negative integer (bytes), got {memory!r}")
+    if isinstance(memory, bool) or not isinstance(memory, int) or not 0 <= memory <= MAX_MEMORY:
+        raise InvalidHeartbeat(f"memory must be an integer from 0 to 2**62 (bytes), got {_excerpt(memory)}")
     return Heartbeat(pid, obj["timestamp"], obj["version"], obj["status"], float(cpu), memory, peer)
 
 
@@ -101,6 +168,7 @@ class _Conn:
     agent: bool  # the supervised Agent (or a descendant) at connect time: never evicted
     buf: bytearray = field(default_factory=bytearray)
     last_active: float = field(default_factory=time.monotonic)
+    partial_since: float | None = None  # when the unfinished line in `buf` began arriving
 
 
 @dataclass
@@ -109,7 +177,9 @@ class Counters:
     rejected: int = 0  # peer credentials not allowed
     evicted: int = 0  # closed to make room at the connection cap
     refused: int = 0  # new connections turned away at the cap (every open one was the Agent's)
-    invalid: int = 0  # malformed, oversized or ill-typed lines (each closes its connection)
+    invalid: int = 0  # malformed, oversized, too deep or ill-typed lines (each closes its connection)
+    stalled: int = 0  # closed while holding a partial line for longer than the partial-line timeout
+    accept_errors: int = 0  # accept() failed (out of descriptors); accepting paused briefly each time
     lines: int = 0  # valid heartbeat lines, whoever sent them
 
 
@@ -121,7 +191,7 @@ class HeartbeatServer:
 
     def __init__(self, path: str, mode: int, group: str, on_heartbeat: Callable[[Heartbeat], None],
                  is_agent: Callable[[int], bool], *, max_connections: int = MAX_CONNECTIONS,
-                 max_line: int = MAX_LINE) -> None:
+                 max_line: int = MAX_LINE, partial_timeout: float = PARTIAL_LINE_TIMEOUT) -> None:
         self.path = path
         self.mode = mode
         self.group = group
@@ -129,6 +199,7 @@ class HeartbeatServer:
         self.is_agent = is_agent
         self.max_connections = max_connections
         self.max_line = max_line
+        self.partial_timeout = partial_timeout
         self.counters = Counters()
         self._gid: int | None = None
         self._members: frozenset[str] = frozenset()
@@ -139,6 +210,7 @@ class HeartbeatServer:
         self._waker: WakePipe | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._accept_resume: float | None = None  # set while accepting is paused (out of descriptors)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -151,6 +223,7 @@ class HeartbeatServer:
         self._sel.register(self._listener, selectors.EVENT_READ, "listen")
         self._sel.register(self._waker, selectors.EVENT_READ, "wake")
         self._stopping = False
+        self._accept_resume = None
         self._thread = threading.Thread(target=self._run, name="agent-heartbeat", daemon=True)
         self._thread.start()
         log.info("agent heartbeat socket listening on %s (mode %04o%s)", self.path, self.mode,
@@ -237,19 +310,40 @@ class HeartbeatServer:
         assert self._sel is not None
         while not self._stopping:
             try:
-                events = self._sel.select()
+                events = self._sel.select(self._next_timeout())
             except OSError:  # pragma: no cover - the selector was closed under us
                 return
             for key, _ in events:
-                try:
-                    if key.data == "listen":
+                if key.data == "listen":
+                    try:
                         self._accept()
-                    elif key.data == "wake":
-                        return
-                    else:
-                        self._read(key.data)
-                except Exception:  # never let one bad peer kill the receiver
-                    log.exception("agent heartbeat receiver error")
+                    except Exception:  # never let one bad peer kill the receiver
+                        log.exception("agent heartbeat receiver error")
+                elif key.data == "wake":
+                    return
+                else:
+                    self._read_guarded(key.data)
+            self._close_stalled()
+            self._resume_accepting()
+
+    def _next_timeout(self) -> float | None:
+        """Seconds until the oldest partial line goes stale or accepting resumes (None: neither)."""
+        due = [c.partial_since + self.partial_timeout for c in self._conns.values()
+               if c.partial_since is not None]
+        if self._accept_resume is not None:
+            due.append(self._accept_resume)
+        if not due:
+            return None
+        return max(0.0, min(due) - time.monotonic())
+
+    def _close_stalled(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if c.partial_since is not None
+                     and now - c.partial_since >= self.partial_timeout]:
+            self.counters.stalled += 1
+            log.debug("agent heartbeat from pid %d dropped: partial line held for %gs", conn.peer.pid,
+                      self.partial_timeout)
+            self._close(conn)
 
     def _accept(self) -> None:
         assert self._listener is not None and self._sel is not None
@@ -259,24 +353,50 @@ class HeartbeatServer:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: back off to the next wake-up
-                log.warning("agent heartbeat accept failed: %s", exc)
+            except OSError as exc:  # EMFILE and friends
+                self._pause_accepting(exc)
                 return
-            pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
-            peer = Peer(pid, uid, gid)
-            if not self._allowed(peer):
-                self.counters.rejected += 1
-                log.warning("agent heartbeat socket: rejected peer pid %d uid %d gid %d", pid, uid, gid)
-                sock.close()
-                continue
-            if len(self._conns) >= self.max_connections and not self._evict_one():
-                self.counters.refused += 1
-                sock.close()
-                continue
-            sock.setblocking(False)
-            self._conns[sock.fileno()] = conn = _Conn(sock, peer, self.is_agent(pid))
-            self._sel.register(sock, selectors.EVENT_READ, conn)
-            self.counters.accepted += 1
+            try:
+                self._admit(sock)
+            except Exception:
+                if sock.fileno() not in self._conns:
+                    sock.close()  # never leak the descriptor of a half-admitted peer
+                raise
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): the pending connection keeps the listener readable, so
+        polling it again at once would spin a core. Stop listening for a moment instead."""
+        assert self._listener is not None and self._sel is not None
+        log.warning("D3001 agent heartbeat socket cannot accept (%s); pausing %gs", exc, _ACCEPT_PAUSE,
+                    extra={"code": "D3001"})
+        self.counters.accept_errors += 1
+        self._sel.unregister(self._listener)
+        self._accept_resume = time.monotonic() + _ACCEPT_PAUSE
+
+    def _resume_accepting(self) -> None:
+        if self._accept_resume is not None and time.monotonic() >= self._accept_resume:
+            assert self._listener is not None and self._sel is not None
+            self._accept_resume = None
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+
+    def _admit(self, sock: socket.socket) -> None:
+        assert self._sel is not None
+        pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+        peer = Peer(pid, uid, gid)
+        if not self._allowed(peer):
+            self.counters.rejected += 1
+            log.warning("agent heartbeat socket: rejected peer pid %d uid %d gid %d", pid, uid, gid)
+            sock.close()
+            return
+        if len(self._conns) >= self.max_connections and not self._evict_one():
+            self.counters.refused += 1
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock, peer, self.is_agent(pid))
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+        self._conns[sock.fileno()] = conn
+        self.counters.accepted += 1
 
     def _allowed(self, peer: Peer) -> bool:
         if peer.uid in (0, os.getuid()):
@@ -308,9 +428,19 @@ class HeartbeatServer:
                 pass
         conn.sock.close()
 
-    def _read(self, conn: _Conn) -> None:
+    def _read_guarded(self, conn: _Conn) -> None:
+        """Any failure while reading or parsing is the peer's line being invalid: count it, hang up."""
         try:
-            data = conn.sock.recv(_READ_CHUNK)
+            self._read(conn)
+        except Exception as exc:
+            self._invalid(conn, f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._close(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        # Never read more than fits under the cap: the buffer cannot outgrow max_line in any path.
+        room = self.max_line - len(conn.buf)
+        try:
+            data = conn.sock.recv(room)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -329,17 +459,18 @@ class HeartbeatServer:
             start = end + 1
             if not line:
                 continue
-            if len(line) > self.max_line:
-                self._invalid(conn, f"line longer than {self.max_line} bytes")
-                self._close(conn)
-                return
             if not self._handle_line(line, conn):
                 self._close(conn)
                 return
         del conn.buf[:start]
-        if len(conn.buf) > self.max_line:
+        if len(conn.buf) >= self.max_line:  # full and still no newline: the line is too long
             self._invalid(conn, f"line longer than {self.max_line} bytes")
             self._close(conn)
+            return
+        if not conn.buf:
+            conn.partial_since = None
+        elif start or conn.partial_since is None:
+            conn.partial_since = conn.last_active  # a new partial line starts its clock now
 
     def _handle_line(self, line: bytes, conn: _Conn) -> bool:
         try:
@@ -348,7 +479,10 @@ class HeartbeatServer:
             self._invalid(conn, str(exc))
             return False
         self.counters.lines += 1
-        self.on_heartbeat(hb)
+        try:
+            self.on_heartbeat(hb)
+        except Exception:  # our own consumer failed: the line was fine, keep the connection
+            log.exception("agent heartbeat handler failed")
         return True
 
     def _invalid(self, conn: _Conn, why: str) -> None:

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from daemon_app import fsutil
 from daemon_app.errors import AgentStartError
 from daemon_app.metrics import rfc3339
-from daemon_app.update import fsutil
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +64,29 @@ def write_pid_file(path: str, pid: int, ticks: int, binary: str) -> None:
     fsutil.write_atomic(path, (json.dumps(record) + "\n").encode(), 0o644)
 
 
+_PID_FILE_MAX = 4096  # bytes; ours is ~150
+
+
 def read_pid_file(path: str) -> tuple[int, int] | None:
-    """(pid, start_ticks) from the pid file; None when absent or unreadable (a warning says why)."""
+    """(pid, start_ticks) from the pid file; None when absent or unreadable (a warning says why).
+
+    Read bounded and parsed defensively: whatever is found at the path, the daemon starts.
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
+        with open(path, "rb") as fh:
+            data = fh.read(_PID_FILE_MAX + 1)
+        if len(data) > _PID_FILE_MAX:
+            raise ValueError(f"larger than {_PID_FILE_MAX} bytes")
+        record = json.loads(data)
         pid, ticks = record["pid"], record["start_ticks"]
-        if not (isinstance(pid, int) and isinstance(ticks, int) and pid > 1):
-            raise ValueError(f"bad pid {pid!r} or start_ticks {ticks!r}")
+        if not (type(pid) is int and type(ticks) is int and 1 < pid <= 1 << 22 and ticks >= 0):
+            raise ValueError(f"bad pid {str(pid)[:20]!r} or start_ticks {str(ticks)[:20]!r}")
         return pid, ticks
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable agent pid file %s: %s", path, exc)
+    except Exception as exc:  # any content at all: a warning, then a fresh Agent
+        log.warning("ignoring unreadable agent pid file %s: %s: %s", path, type(exc).__name__,
+                    str(exc)[:200])
         return None
 
 
@@ -178,6 +188,11 @@ class AgentProcess:
 
     def alive(self) -> bool:
         return start_ticks(self.pid) == self.start_ticks
+
+    def traced(self) -> bool:
+        """Stopped by a tracer (state t): neither SIGTERM nor SIGCONT reaches it, only SIGKILL."""
+        stat = proc_stat(self.pid)
+        return stat is not None and stat[1] == self.start_ticks and stat[0] == "t"
 
     def signal_group(self, sig: int) -> None:
         """Signal the Agent's process group (its own session), or only the pid if it is not a leader."""

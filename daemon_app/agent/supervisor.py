@@ -52,6 +52,9 @@ STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (s.value for s in
 # Why the supervisor itself ends an Agent process (the "intent" of a STOPPING).
 _STOP, _REQUESTED = "stop", "requested"
 _KILL_GRACE = 5.0  # after SIGKILL, how long stop_agent() waits before it reports D3002
+# An Agent silent for heartbeat_timeout is hung: it gets this long (at most agent.stop_timeout) to
+# act on SIGTERM before SIGKILL, so it is replaced within heartbeat_timeout plus a few seconds.
+_HUNG_GRACE = 2.0
 # Copy-truncate rotation of the Agent's stdout/stderr is polled: a file may overshoot its limit by
 # what the Agent writes in this time. Every 2 s cost the idle daemon ~0.01 % CPU.
 _LOG_CHECK_EVERY = 10.0
@@ -119,6 +122,7 @@ class AgentSupervisor:
         self._foreign = 0
         self._health_checks = 0
         self._sample = health_mod.Sample(0.0, 0, 0)
+        self._measured = False
         engine.command_handlers["agent"] = self.handle_command
 
     # --- Service -------------------------------------------------------------------------------
@@ -161,7 +165,10 @@ class AgentSupervisor:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
-        log.info("agent supervision stopped; agent pid %s left running", self.pid or "-")
+        if self.pid:
+            log.info("agent supervision stopped; agent pid %s left running", self.pid)
+        else:
+            log.info("agent supervision stopped; no agent was running")
 
     def reload(self, cfg: Any) -> None:
         """New timings and thresholds apply at once; binary, args and env at the next start."""
@@ -183,7 +190,8 @@ class AgentSupervisor:
             c = server.counters
             out["socket_connections"] = server.connections
             out["socket_counters"] = {"accepted": c.accepted, "rejected": c.rejected, "evicted": c.evicted,
-                                      "refused": c.refused, "invalid": c.invalid, "lines": c.lines}
+                                      "refused": c.refused, "invalid": c.invalid, "stalled": c.stalled,
+                                      "accept_errors": c.accept_errors, "lines": c.lines}
         return out
 
     def agent_status(self) -> dict[str, Any]:
@@ -195,8 +203,9 @@ class AgentSupervisor:
                 "state": self.state,
                 "version": self._version,
                 "start_time": rfc3339(proc.started_at) if proc else None,
-                "cpu_percent": self._sample.cpu_percent if proc else 0.0,
-                "memory_bytes": self._sample.memory_bytes if proc else 0,
+                # None (unknown) until a health check of this process measured them: 0 would lie.
+                "cpu_percent": self._sample.cpu_percent if proc and self._measured else None,
+                "memory_bytes": self._sample.memory_bytes if proc and self._measured else None,
                 "restart_count": self._restart_count,
                 "last_restart": rfc3339(self._last_restart) if self._last_restart else None,
                 "last_exit": dict(self._last_exit) if self._last_exit else None,
@@ -280,7 +289,7 @@ class AgentSupervisor:
             "reset": (self._reset, ()),
         }
         if action not in actions:
-            log.error("D3001 agent command %s: unknown action %r (expected start, stop, restart, reset)",
+            log.error("D3001 agent command %s: unknown action %.60r (expected start, stop, restart, reset)",
                       command.get("id"), action, extra={"code": "D3001"})
             return
         fn, args = actions[action]
@@ -422,6 +431,7 @@ class AgentSupervisor:
             self._last_hb_mono = None
             self._descendants.clear()
             self._sample = health_mod.Sample(0.0, 0, 1)
+            self._measured = False
         self._sel.register(proc.pidfd, selectors.EVENT_READ, "pidfd")
 
     def _detach(self) -> AgentProcess | None:
@@ -542,13 +552,18 @@ class AgentSupervisor:
             return
         assert self._running_since is not None and self._proc is not None
         hc = self.cfg.agent.health_check
-        # Next tick first: a check that raises must not end health checking.
-        self._timers["health"] = time.monotonic() + hc.interval
         last = self._last_hb_mono if self._last_hb_mono is not None else self._running_since
-        reason = self._health.check(max(last, self._running_since))
+        last = max(last, self._running_since)
+        # Next tick first (a check that raises must not end health checking), and no later than the
+        # moment the heartbeat deadline passes: a silent Agent is caught at heartbeat_timeout, not
+        # up to one interval after it.
+        now = time.monotonic()
+        self._timers["health"] = min(now + hc.interval, max(now, last + hc.heartbeat_timeout) + 0.05)
+        reason = self._health.check(last)
         with self._lock:
             self._health_checks += 1
             self._sample = self._health.sampler.last
+            self._measured = True
         if reason is None:
             return
         if reason == health_mod.DEAD and _readable(self._proc.pidfd):
@@ -560,6 +575,8 @@ class AgentSupervisor:
         self.emit("unhealthy", reason=reason, details=details)
         if reason == health_mod.DEAD:
             self._on_exit(intent=reason)
+        elif reason == health_mod.HEARTBEAT_TIMEOUT:
+            self._stop_process(reason, min(self.cfg.agent.stop_timeout, _HUNG_GRACE))
         else:
             self._stop_process(reason, self.cfg.agent.stop_timeout)
 
@@ -599,7 +616,11 @@ class AgentSupervisor:
         self._stop_process(intent, grace)
 
     def _stop_process(self, intent: str, grace: float) -> None:
-        """SIGTERM the group now, SIGKILL at the deadline; _on_exit finishes the job."""
+        """SIGTERM the group now, SIGKILL at the deadline; _on_exit finishes the job.
+
+        A stopped process (SIGSTOP, state T) would only see SIGTERM once continued, so SIGCONT
+        follows it; one stopped by a tracer (state t) cannot act on either and is killed at once.
+        """
         assert self._proc is not None
         if self.state == STOPPING:
             if intent == _STOP:
@@ -609,7 +630,12 @@ class AgentSupervisor:
         self._set_state(STOPPING)
         self._timers.pop("promote", None)
         self._timers.pop("health", None)
+        if self._proc.traced():
+            log.warning("agent pid %d is stopped by a tracer; sending SIGKILL", self.pid)
+            self._proc.signal_group(signal.SIGKILL)
+            return
         self._proc.signal_group(signal.SIGTERM)
+        self._proc.signal_group(signal.SIGCONT)
         self._kill_grace = grace
         self._timers["kill"] = time.monotonic() + grace
 

@@ -2,25 +2,31 @@
 receives pushed commands and reports their progress (seed §3.5.1).
 
 The engine's `report` hook only writes to the durable outbox. All network work runs on one asyncio
-loop in the "manager-link" thread with grpc.aio: the sender (register, statuses, report batches,
-heartbeats) and the command stream. grpc's synchronous API polls every 100-200 ms while a stream is
-open (two Python threads, ~15 wake-ups/s, ~0.2 % CPU at idle); grpc.aio's completion-queue poller
-blocks until something happens, so an idle link sleeps until its next heartbeat or certificate check.
-Nothing here ever blocks the engine.
+loop in the "manager-link" thread: the sender (register, statuses, report batches, heartbeats) and
+the command stream. Nothing here ever blocks the engine; an idle link sleeps until its next
+heartbeat, keepalive ping or certificate check.
+
+The client library is grpclib (pure-Python gRPC: h2 for HTTP/2, Python's ssl for TLS), not grpcio.
+Measured side by side (one mutual-TLS channel, Commands stream open, a Heartbeat a second, the
+daemon's other imports loaded): grpc.aio idled at 45.3 MB RSS and 8 threads, grpclib at 34.5 MB and
+1 thread; in the daemon grpcio's C core alone held 12.3 MB of its 49.2 MB, plus six C-core threads.
+The reference Manager stays on grpcio, so every end-to-end test runs two independent gRPC
+implementations against each other.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import random
-import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from daemon_app.comm import messages, tls
+from daemon_app.comm import failures, messages, tls
 from daemon_app.comm.outbox import Outbox
 from daemon_app.errors import ManagerConnectError, ManagerRegisterError, ManagerReportError
 from daemon_app.hookspecs import hookimpl
@@ -28,6 +34,10 @@ from daemon_app.metrics import rfc3339
 
 if TYPE_CHECKING:
     import asyncio
+
+    from grpclib.config import Configuration
+
+    from daemon_app.comm.rpc import DaemonServiceClient
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +48,79 @@ TLS_CHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 2.0  # after the shutdown deadline, how long cancelling calls in flight may take
 
 
-def keepalive_options(mcfg: Any) -> list[tuple[str, int]]:
-    """Pings notice a Manager that vanished without closing the connection while the command stream
-    is idle. Each ping wakes grpc's worker threads for seconds after it (they back off from 33 ms):
-    at the seed's 10 s that cost the idle daemon ~0.03 % CPU, hence a 60 s default."""
-    return [
-        ("grpc.keepalive_time_ms", int(mcfg.keepalive_time * 1000)),
-        ("grpc.keepalive_timeout_ms", int(mcfg.keepalive_timeout * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
+def keepalive_config(mcfg: Any) -> Configuration:
+    """grpclib's HTTP/2 settings for the link: a PING every `keepalive_time`, whether or not a call
+    is active, and the connection closed when one is not answered within `keepalive_timeout`, so a
+    Manager that vanished without closing the connection (host gone, network cut) is noticed while
+    the command stream is idle. grpclib's own defaults would stop pinging after two pings without
+    data and send at most one every 300 s; the reference Manager permits a ping every 5 s."""
+    from grpclib.config import Configuration
+
+    return Configuration(
+        _keepalive_time=float(mcfg.keepalive_time),
+        _keepalive_timeout=float(mcfg.keepalive_timeout),
+        _keepalive_permit_without_calls=True,
+        _http2_max_pings_without_data=0,
+        _http2_min_sent_ping_interval_without_data=float(mcfg.keepalive_time),
+        ssl_target_name_override=mcfg.server_name or None,
+    )
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port); D2001 when there is no port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ManagerConnectError(f"manager.address: {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class _ThreadPerCall(concurrent.futures.ThreadPoolExecutor):
+    """The link loop's executor: asyncio resolves host names (getaddrinfo) in it. A short-lived
+    thread per lookup instead of a pool, whose threads would idle for the life of the process after
+    the first connection. (asyncio accepts only a ThreadPoolExecutor; its pool is never used.)"""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="manager-link-resolve", daemon=True).start()
+        return future
+
+
 _HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
+_SELF_REPORTING = frozenset({"update", "rollback"})  # their handlers send every state, the end included
+
+
+class _RateLimitedLog:
+    """The first of a run of identical errors is logged; repeats within a minute are counted and the
+    next one after the minute says how many there were (DESIGN.md §9a)."""
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._at = 0.0
+        self._repeats = 0
+
+    def error(self, text: str, code: str) -> None:
+        now = time.monotonic()
+        if text == self._text and now - self._at < 60:
+            self._repeats += 1
+            log.debug("%s", text, extra={"code": code})
+            return
+        more = ""
+        if text == self._text and self._repeats:
+            more = f" ({self._repeats} more like it in the last minute)"
+        log.error("%s%s", text, more, extra={"code": code})
+        self._text, self._at, self._repeats = text, now, 0
+
+    def reset(self) -> None:
+        self._text, self._at, self._repeats = "", 0.0, 0
 
 
 class _Reconnect(Exception):
@@ -59,36 +131,15 @@ class _Stopped(Exception):
     """stop() asked the sender to finish."""
 
 
-def _import_grpc() -> Any:
-    """grpc, and asyncio which grpc imports, without the ssl module.
-
-    asyncio imports ssl only to offer TLS on its own transports, which the link never uses: grpc
-    carries its own TLS library. Loading and initialising OpenSSL through the ssl module would cost
-    the idle daemon ~4 MB of resident memory. While grpc is imported here, `import ssl` fails in
-    every thread; in the daemon only an update download imports ssl (requests), and this runs once
-    per process, when the first link starts. Afterwards ssl imports normally.
-    """
-    if "ssl" in sys.modules or "asyncio" in sys.modules:
-        import grpc
-
-        return grpc
-    sys.modules["ssl"] = None  # type: ignore[assignment]
-    try:
-        import grpc
-    finally:
-        if sys.modules.get("ssl", False) is None:
-            del sys.modules["ssl"]
-    return grpc
-
-
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     """Until `event` is set or `timeout` seconds passed, whichever comes first."""
     import asyncio
 
+    if event.is_set():
+        return
     try:
-        async with asyncio.timeout(max(0.0, timeout)):
-            await event.wait()
-    except TimeoutError:
+        await asyncio.wait_for(event.wait(), max(0.0, timeout))
+    except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
         pass
 
 
@@ -128,6 +179,18 @@ class ManagerLink:
         self._cert: dict[str, Any] = {}
         self._tls_fp: tuple[Any, ...] = ()
         self._heartbeat_override = 0.0
+        # ReportMetrics failures back off on their own, across reconnects; only a report the Manager
+        # takes resets them, and the connection, heartbeats and commands go on meanwhile.
+        self._report_attempt = 0
+        self._report_retry_at = 0.0
+        self._report_error = ""
+        self._report_log = _RateLimitedLog()
+        # The command stream: its state for `daemon status`, and its own backoff and log.
+        self._stream_state = "closed"
+        self._stream_opened_at = 0.0
+        self._stream_reopens = 0
+        self._stream_last_error = ""
+        self._stream_log = _RateLimitedLog()
 
     # --- Service ---------------------------------------------------------------------------------
 
@@ -182,6 +245,15 @@ class ManagerLink:
             "last_seq": box.last_seq,
             "pending_command_statuses": box.status_count,
             "last_error": self._last_error,
+            "report_error": self._report_error,
+            "report_retry_in_s": round(max(0.0, self._report_retry_at - time.monotonic()), 1)
+            if self._report_retry_at else 0.0,
+            "command_stream": {
+                "state": self._stream_state,
+                "opened_at": rfc3339(self._stream_opened_at) if self._stream_opened_at else None,
+                "reopens": self._stream_reopens,
+                "last_error": self._stream_last_error,
+            },
             "client_cert": {k: str(v) for k, v in self._cert.items()},
         }
 
@@ -204,12 +276,15 @@ class ManagerLink:
 
     def send_command_status(self, command_id: str, state: str, percent: float = 0.0, message: str = "",
                             result: dict[str, Any] | None = None) -> None:
-        """Report a command's progress (best effort) or its end (durable until the Manager acks it)."""
+        """Report a command's progress (best effort) or its end: durable until the Manager acks it,
+        recorded to answer a re-delivery, and only once per command (a second end is logged, not sent)."""
         if state not in messages.TERMINAL_STATES and state not in messages.PROGRESS_STATES:
             raise ValueError(f"unknown command state {state!r}")
         msg = messages.status_to_pb(self.engine.node_id, command_id, state, percent, message, result)
         if state in messages.TERMINAL_STATES:
-            self.outbox.put_status(command_id, msg.SerializeToString())
+            if not self.outbox.put_result(command_id, msg.SerializeToString()):
+                log.warning("command %s already ended; its later %r status is not sent", command_id, state)
+                return
         else:
             with self._progress_lock:
                 self._progress.append(msg)
@@ -242,15 +317,15 @@ class ManagerLink:
             self._main.cancel()
 
     def _thread_main(self) -> None:
-        grpc = _import_grpc()
         import asyncio
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        loop.set_default_executor(_ThreadPerCall())
         self._kicked, self._stopping = asyncio.Event(), asyncio.Event()
         self._loop = loop  # published last: _call_soon reaches the loop only once its events exist
         try:
-            self._main = loop.create_task(self._run(grpc))
+            self._main = loop.create_task(self._run())
             loop.run_until_complete(self._main)
         except asyncio.CancelledError:
             log.warning("manager link: calls still in flight at the shutdown deadline were cancelled")
@@ -264,13 +339,14 @@ class ManagerLink:
             loop.close()
             self._state = "stopped"
 
-    async def _run(self, grpc: Any) -> None:
+    async def _run(self) -> None:
+        call_errors = failures.call_errors()
         attempt = 0
         try:
             while not self._stop.is_set():
                 self._state = "connecting"
                 try:
-                    stub = await self._connect(grpc)
+                    stub = await self._connect()
                     attempt = 0
                     await self._serve(stub)
                 except _Reconnect:
@@ -278,10 +354,10 @@ class ManagerLink:
                     continue
                 except _Stopped:
                     break
-                except grpc.RpcError as exc:
-                    self._rpc_failed(exc)
-                except (ManagerConnectError, ManagerReportError) as exc:
+                except (ManagerConnectError, ManagerRegisterError, ManagerReportError) as exc:
                     self._problem(str(exc), exc.code)
+                except call_errors as exc:
+                    self._rpc_failed(exc)
                 except Exception as exc:  # a bug here must not end reporting for good
                     log.exception("manager link failed")
                     self._problem(f"D2003 manager link failed: {type(exc).__name__}: {exc}", "D2003")
@@ -299,36 +375,35 @@ class ManagerLink:
             await self._close_channel()
             self._state = "stopped"
 
-    async def _connect(self, grpc: Any) -> Any:
-        import asyncio
+    async def _connect(self) -> DaemonServiceClient:
 
+        from daemon_app.comm.rpc import DaemonServiceClient, LinkChannel
         from daemon_app.proto import daemon_pb2 as pb
-        from daemon_app.proto import daemon_pb2_grpc as pb_grpc
 
         mcfg = self.cfg.manager
-        material = tls.load(mcfg.tls)  # re-read on every connection: rotated files are picked up here
-        if material.fingerprint != self._tls_fp:
+        self._phase = "connect"
+        host, port = split_address(mcfg.address)
+        # The fingerprint is taken before the files are read: a file replaced in between shows as a
+        # change at the next check and the link reconnects with it.
+        fingerprint = tls.fingerprint(mcfg.tls)
+        context = tls.client_context(mcfg.tls)  # built from the files on every connection: rotation
+        if fingerprint != self._tls_fp:
             if self._tls_fp:
                 log.info("client certificate files changed; using the new ones")
             self._cert = tls.check_validity(mcfg.tls.cert_file)
-            self._tls_fp = material.fingerprint
-        creds = grpc.ssl_channel_credentials(root_certificates=material.ca, private_key=material.key,
-                                             certificate_chain=material.cert)
-        options = keepalive_options(mcfg)
-        if mcfg.server_name:
-            options.append(("grpc.ssl_target_name_override", mcfg.server_name))
+            self._tls_fp = fingerprint
         self._reconnect = False
         self._stream_error = None
-        self._phase = "connect"
-        self._channel = grpc.aio.secure_channel(mcfg.address, creds, options=options)
+        self._channel = LinkChannel(host, port, ssl=context, config=keepalive_config(mcfg))
         self._gen += 1
         gen = self._gen
-        stub = pb_grpc.DaemonServiceStub(self._channel)
+        stub = DaemonServiceClient(self._channel)
         agent = self.engine.agent.agent_status() if getattr(self.engine, "agent", None) is not None else {}
         agent_version = str((agent or {}).get("version") or "")
         info = messages.node_info(self.engine.node_id, self.cfg, agent_version, rfc3339())
         resp = await stub.Register(pb.RegisterRequest(node=info), timeout=self._call_timeout())
         self._contact()
+        self._adopt_node_id(resp.node_id)
         self._registered = True
         self._heartbeat_override = resp.heartbeat_interval_ms / 1000.0
         box = self.outbox
@@ -339,8 +414,27 @@ class ManagerLink:
                  mcfg.address, self.engine.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
                  box.depth)
         self._state = "ready"
-        self._commands = asyncio.get_running_loop().create_task(self._stream_commands(grpc, stub, gen))
+        self._start_stream_task(stub, gen)
         return stub
+
+    def _adopt_node_id(self, assigned: str) -> None:
+        """A non-empty RegisterResponse.node_id is this node's id from now on (seed §3.5.1), kept
+        across restarts. Everything sent later carries it, reports and command statuses queued
+        before included (the id is set when they are sent); an empty one keeps the current id."""
+        from daemon_app.nodeid import keep_manager_node_id
+
+        current = self.engine.node_id
+        if not assigned or assigned == current:
+            return
+        problem = messages.node_id_problem(assigned)
+        if problem:
+            log.error("D2002 manager %s assigned node id %s; keeping %s", self.cfg.manager.address, problem,
+                      current, extra={"code": ManagerRegisterError.code})
+            return
+        keep_manager_node_id(self.cfg.daemon.work_dir, assigned)
+        self.engine.node_id = assigned
+        log.warning("the manager assigned this node the id %s (was %s); it is kept in %s/node_id.manager",
+                    assigned, current, self.cfg.daemon.work_dir)
 
     async def _serve(self, stub: Any) -> None:
         """Send statuses, report batches and heartbeats until the connection fails or we stop."""
@@ -348,7 +442,7 @@ class ManagerLink:
         next_tls_check = time.monotonic() + TLS_CHECK_SECONDS
         while True:
             await self._send_statuses(stub)
-            more = await self._send_batch(stub)
+            more = await self._send_reports(stub)
             now = time.monotonic()
             if now >= next_heartbeat:
                 await self._heartbeat(stub)
@@ -367,12 +461,48 @@ class ManagerLink:
                 if (box.depth == 0 and box.status_count == 0 and not self._progress) \
                         or time.monotonic() >= self._deadline:
                     raise _Stopped()
+                if self._report_retry_at > time.monotonic():  # reports refused: retry until the deadline
+                    self._kicked.clear()
+                    await _wait(self._kicked, min(self._report_retry_at, self._deadline) - time.monotonic())
                 continue
             if more:  # catching up: pause between batches, but not for reports that keep coming
                 await _wait(self._stopping, self.cfg.manager.outbox.drain_interval)
             else:
-                await _wait(self._kicked, min(next_heartbeat, next_tls_check) - time.monotonic())
+                wake = min(next_heartbeat, next_tls_check)
+                if self._report_retry_at and self.outbox.depth:
+                    wake = min(wake, self._report_retry_at)
+                await _wait(self._kicked, wake - time.monotonic())
             self._kicked.clear()
+
+    async def _send_reports(self, stub: Any) -> bool:
+        """A batch of reports unless they are backing off; True when more are waiting. A refused or
+        unanswered ReportMetrics backs off (full jitter, capped) without leaving the connection."""
+        if self._report_retry_at and time.monotonic() < self._report_retry_at:
+            return False
+        try:
+            return await self._send_batch(stub)
+        except failures.answered_errors() + (ManagerReportError,) as exc:
+            if isinstance(exc, ManagerReportError):
+                err: Any = exc
+            else:
+                err = failures.describe_failure(exc, "report", self.cfg.manager, self.engine.node_id)
+            self._report_attempt += 1
+            mcfg = self.cfg.manager
+            cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(self._report_attempt - 1, 30))
+            self._report_retry_at = time.monotonic() + random.uniform(0, cap)
+            self._report_error = str(err)
+            self._report_log.error(str(err), err.code)
+            return False
+
+    def _reports_accepted(self) -> None:
+        """A ReportMetrics the Manager answered: the only thing that ends a report backoff."""
+        if self._report_attempt:
+            log.info("manager %s takes reports again after %d failed attempt(s)", self.cfg.manager.address,
+                     self._report_attempt)
+        self._report_attempt = 0
+        self._report_retry_at = 0.0
+        self._report_error = ""
+        self._report_log.reset()
 
     async def _send_statuses(self, stub: Any) -> None:
         self._phase = "status"
@@ -381,6 +511,7 @@ class ManagerLink:
                 if not self._progress:
                     break
                 msg = self._progress[0]
+            msg.node_id = self.engine.node_id  # the Manager may have assigned another since
             await stub.ReportCommandStatus(msg, timeout=self._call_timeout())
             self._contact()
             with self._progress_lock:
@@ -391,7 +522,9 @@ class ManagerLink:
         from daemon_app.proto import daemon_pb2 as pb
 
         for status_id, body in self.outbox.pending_statuses():
-            await stub.ReportCommandStatus(pb.CommandStatus.FromString(body), timeout=self._call_timeout())
+            status = pb.CommandStatus.FromString(body)
+            status.node_id = self.engine.node_id
+            await stub.ReportCommandStatus(status, timeout=self._call_timeout())
             self._contact()
             self.outbox.remove_status(status_id)
 
@@ -417,6 +550,7 @@ class ManagerLink:
             report.seq, report.node_id, report.outbox_dropped = seq, node_id, dropped
         ack = await stub.ReportMetrics(batch, timeout=self._call_timeout())
         self._contact()
+        self._reports_accepted()
         if ack.rejected_seqs:
             log.error("D2003 the manager refused report(s) %s for good: %s", list(ack.rejected_seqs),
                       ack.error, extra={"code": ManagerReportError.code})
@@ -439,7 +573,7 @@ class ManagerLink:
                 req.agent_status.CopyFrom(agent)
         resp = await stub.Heartbeat(req, timeout=self._call_timeout())
         self._contact()
-        self._heartbeat_override = resp.next_interval_ms / 1000.0 or self._heartbeat_override
+        self._heartbeat_override = resp.next_interval_ms / 1000.0  # 0: back to manager.heartbeat_interval
 
     def _heartbeat_interval(self) -> float:
         base = self._heartbeat_override or self.cfg.manager.heartbeat_interval
@@ -459,24 +593,12 @@ class ManagerLink:
             self._last_error = ""
             self._last_logged = ("", 0.0)
 
-    def _rpc_failed(self, exc: Any) -> None:
-        import grpc
-
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        phase = getattr(self, "_phase", "connect")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED) and phase == "connect":
-            err: Any = ManagerConnectError(f"cannot connect to manager {self.cfg.manager.address}: "
-                                           f"{code.name}: {details}")
-        elif phase == "commands":
-            err = ManagerConnectError(f"command stream from manager {self.cfg.manager.address} failed: "
-                                      f"{code.name if code else '?'}: {details}")
-        elif phase == "connect":
-            err = ManagerRegisterError(f"manager {self.cfg.manager.address} refused registration of node "
-                                       f"{self.engine.node_id}: {code.name if code else '?'}: {details}")
-        else:
-            err = ManagerReportError(f"{phase} to manager {self.cfg.manager.address} failed: "
-                                     f"{code.name if code else '?'}: {details}")
+    def _rpc_failed(self, exc: BaseException) -> None:
+        """A failed call or connection attempt, logged with its D-code and its cause in words."""
+        channel = self._channel
+        err = failures.describe_failure(exc, self._phase, self.cfg.manager, self.engine.node_id,
+                                        lost_with=getattr(channel, "lost_with", None),
+                                        silent=bool(getattr(channel, "silent_after_handshake", False)))
         self._problem(str(err), err.code)
 
     def _problem(self, text: str, code: str) -> None:
@@ -500,40 +622,105 @@ class ManagerLink:
         if commands is not None:
             commands.cancel()
         if channel is not None:
-            await channel.close()
+            channel.close()
 
     # --- the command stream -------------------------------------------------------------------------
 
-    async def _stream_commands(self, grpc: Any, stub: Any, gen: int) -> None:
+    def _start_stream_task(self, stub: DaemonServiceClient, gen: int) -> None:
+        """Run the command stream as a task; the supervisor below starts it again if it ever ends
+        while its connection is current, whatever the reason."""
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(self._stream_commands(stub, gen))
+        self._commands = task
+
+        def supervise(done: asyncio.Task[None]) -> None:
+            if done.cancelled() or self._stop.is_set() or gen != self._gen or self._stream_error is not None:
+                return
+            exc = done.exception()
+            log.error("D2001 the command stream task ended (%s); starting it again",
+                      f"{type(exc).__name__}: {exc}" if exc else "returned", extra={"code": "D2001"})
+            self._start_stream_task(stub, gen)
+
+        task.add_done_callback(supervise)
+
+    async def _stream_commands(self, stub: DaemonServiceClient, gen: int) -> None:
+        """Receive commands until this connection ends. Every STREAM_SECONDS the stream is opened
+        anew; any other failure of the stream alone (a status from the Manager, a message that does
+        not parse) is logged with its code and the stream re-opened after a full-jitter backoff, on
+        the same connection. A lost connection is the sender's to handle: it reconnects."""
         import asyncio
 
         from daemon_app.proto import daemon_pb2 as pb
 
+        lost = failures.connection_errors()
+        attempt = 0
         while not self._stop.is_set() and gen == self._gen:
             try:
-                async for cmd in stub.Commands(pb.CommandStreamRequest(node_id=self.engine.node_id),
-                                               timeout=STREAM_SECONDS):
-                    self._contact()
-                    self._on_command(cmd)
-            except grpc.RpcError as exc:
-                if self._stop.is_set() or gen != self._gen or exc.code() == grpc.StatusCode.CANCELLED:
-                    return
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    # Let the sender reconnect (with backoff): the Manager may be gone.
-                    self._stream_error = exc
-                    self._wake()
-                    return
+                async with stub.Commands.open(timeout=STREAM_SECONDS) as stream:
+                    await stream.send_message(pb.CommandStreamRequest(node_id=self.engine.node_id), end=True)
+                    self._stream_state, self._stream_opened_at = "open", time.time()
+                    async for cmd in stream:
+                        attempt = 0
+                        self._contact()
+                        self._on_command(cmd)
             except asyncio.CancelledError:  # _close_channel: this connection is over
+                self._stream_state = "closed"
+                raise
+            except asyncio.TimeoutError:  # noqa: UP041 - STREAM_SECONDS passed: open a fresh stream
+                self._stream_reopens += 1
+                continue
+            except lost as exc:
+                if self._stop.is_set() or gen != self._gen:
+                    return
+                self._stream_state = "closed"
+                self._stream_error = exc  # the sender reconnects, with backoff: the Manager may be gone
+                self._wake()
                 return
+            except Exception as exc:
+                if self._stop.is_set() or gen != self._gen:
+                    return
+                err = failures.describe_stream_failure(exc, self.cfg.manager)
+                self._stream_last_error = str(err)
+                self._stream_log.error(f"{err}; re-opening the stream", err.code)
+            # A failure above, or the Manager ended the stream: open it again after a full-jitter
+            # pause that grows while no command arrives, so a Manager that keeps ending it is not
+            # hammered.
+            mcfg = self.cfg.manager
+            cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(attempt, 30))
+            attempt += 1
+            self._stream_state = "backoff"
+            await _wait(self._stopping, random.uniform(0, cap))
+            self._stream_reopens += 1
+        self._stream_state = "closed"
 
     def _on_command(self, cmd: Any) -> None:
+        """Every command with an id ends in exactly one terminal status (docs/contract.md): rejected
+        when it cannot be run, failed when no handler takes it or the handler raises, completed for
+        an Agent command its supervisor took; updates and rollbacks report their own. A command id
+        seen before is not run again: its recorded status is sent again, or follows when it ends."""
         d = messages.command_to_dict(cmd)
         cid = d["id"]
-        if not cid or not d["type"]:
-            log.warning("manager sent a command without id or kind; ignored")
+        if not cid:
+            log.warning("D2003 the manager sent a command without an id (kind %r): it cannot be answered; "
+                        "ignored", d["type"], extra={"code": ManagerReportError.code})
             return
-        if not self.outbox.mark_seen(cid):
-            log.info("command %s was already received; not running it twice", cid)
+        box = self.outbox
+        if not box.mark_seen(cid):
+            body = box.result_of(cid)
+            if body is None:
+                log.info("command %s was already received and has not ended; its status will follow", cid)
+                return
+            log.info("command %s was already received and has ended; sending its status again", cid)
+            box.put_status(cid, body)
+            self._wake()
+            return
+        problem = messages.command_problem(d)
+        if problem:
+            log.warning("%s; rejected", problem, extra={"code": problem.split()[0]})
+            self.send_command_status(cid, "rejected", message=problem,
+                                     result={"success": False, "error": problem,
+                                             "component": d.get("component", "")})
             return
         log.info("command %s (%s) received from the manager", cid, d["type"])
 
@@ -549,5 +736,9 @@ class ManagerLink:
                 self.send_command_status(cid, "failed", message=f"{code} {error}",
                                          result={"success": False, "error": f"{code} {error}",
                                                  "component": d.get("component", "")})
+            elif d["type"] not in _SELF_REPORTING:
+                self.send_command_status(cid, "completed",
+                                         message=f"agent {d.get('action')}: taken by the supervisor",
+                                         result={"success": True, "component": "agent"})
 
         self.engine.post("call", dispatch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 from typing import Any
 
@@ -13,7 +14,7 @@ from daemon_app.proto import daemon_pb2 as pb
 _AGENT_FIELDS = ("pid", "state", "version", "start_time", "cpu_percent", "memory_bytes", "restart_count",
                  "last_restart")
 _REPORT_FIELDS = ("node_id", "timestamp", "metrics", "agent_status", "logs")
-TERMINAL_STATES = frozenset({"completed", "rolled_back", "failed"})
+TERMINAL_STATES = frozenset({"completed", "rolled_back", "failed", "rejected"})
 PROGRESS_STATES = frozenset({"downloading", "verifying", "installing", "restarting", "watching"})
 
 
@@ -32,13 +33,24 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+_SEED_STATUS = {"STARTING": "running", "RUNNING": "running", "STOPPING": "running", "STOPPED": "stopped",
+                "BACKOFF": "stopped", "EXITED": "stopped", "FATAL": "stopped"}
+
+
+def seed_status(state: str) -> str:
+    """The seed's running / stopped / unknown (§4.2) for a supervisor state name."""
+    return _SEED_STATUS.get(state.upper(), "unknown")
+
+
 def agent_status_to_pb(status: dict[str, Any] | None) -> pb.AgentStatus | None:
     if not status:
         return None
     extra = {k: v for k, v in status.items() if k not in _AGENT_FIELDS and k != "status"}
+    state = str(status.get("state") or status.get("status") or "")
     return pb.AgentStatus(
         pid=int(status.get("pid") or 0),
-        state=str(status.get("state") or status.get("status") or ""),
+        state=state,
+        status=seed_status(state),
         version=str(status.get("version") or ""),
         start_time=_text(status.get("start_time")),
         cpu_percent=float(status.get("cpu_percent") or 0.0),
@@ -51,6 +63,7 @@ def agent_status_to_pb(status: dict[str, Any] | None) -> pb.AgentStatus | None:
 
 def agent_status_from_pb(msg: pb.AgentStatus) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(msg, name) for name in _AGENT_FIELDS}
+    out["status"] = msg.status or seed_status(msg.state)
     if msg.extra_json:
         out.update(json.loads(msg.extra_json))
     return out
@@ -108,6 +121,34 @@ def command_to_dict(cmd: pb.Command) -> dict[str, Any]:
     if kind == "agent":
         return {"id": cmd.id, "type": "agent", "action": cmd.agent.action}
     return {"id": cmd.id, "type": kind or ""}
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def node_id_problem(node_id: str) -> str:
+    """Why a node id from the Manager cannot be used ("" when it can): 1-128 characters of letters,
+    digits and . _ : @ -, starting with a letter or digit (it names files and log lines)."""
+    if _NODE_ID.fullmatch(node_id):
+        return ""
+    return f"{node_id[:40]!r} is not 1-128 characters of letters, digits and . _ : @ -"
+
+
+COMMAND_KINDS = ("update", "rollback", "agent")
+AGENT_ACTIONS = ("start", "stop", "restart", "reset")
+
+
+def command_problem(d: dict[str, Any]) -> str:
+    """Why a command (command_to_dict's output) cannot be run at all, with its D-code; "" if it can.
+    Such a command is answered `rejected`."""
+    kind = d.get("type", "")
+    if kind not in COMMAND_KINDS:
+        what = f"kind {kind!r}" if kind else "no kind"
+        return f"D2003 command {d.get('id', '')} has {what}; this daemon runs {', '.join(COMMAND_KINDS)}"
+    if kind == "agent" and d.get("action") not in AGENT_ACTIONS:
+        return (f"D3001 agent command {d.get('id', '')}: unknown action {d.get('action', '')!r} "
+                f"(expected {', '.join(AGENT_ACTIONS)})")
+    return ""
 
 
 def command_from_dict(d: dict[str, Any]) -> pb.Command:

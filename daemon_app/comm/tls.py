@@ -1,4 +1,6 @@
-"""Mutual-TLS material for the Manager link: read the files, notice when they change, warn on expiry."""
+"""Mutual-TLS material for the Manager link: read the files, build the client's ssl.SSLContext
+(TLS 1.3 unless `manager.tls.min_version` allows 1.2, ALPN h2), notice when the files change, warn on
+expiry."""
 
 from __future__ import annotations
 
@@ -7,11 +9,18 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon_app.errors import ManagerConnectError
 
+if TYPE_CHECKING:
+    import ssl
+
 log = logging.getLogger(__name__)
+
+MIN_VERSIONS = ("1.3", "1.2")  # manager.tls.min_version: what the link accepts, newest first
+# TLS 1.2 suites with forward secrecy and AEAD, as HTTP/2 (RFC 7540 9.2.2) requires; 1.3 has its own.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,41 @@ def load(tls_cfg: Any) -> TlsMaterial:
     return TlsMaterial(data["ca_file"], data["key_file"], data["cert_file"], fingerprint(tls_cfg))
 
 
+def client_context(tls_cfg: Any, server_name: str = "") -> ssl.SSLContext:
+    """A client SSLContext from the files as they are now: the CA verifies the Manager (hostname
+    included), the certificate and key identify this node, ALPN offers only h2 (gRPC), and nothing
+    below `tls_cfg.min_version` is offered. D2001 names the file that cannot be used."""
+    import ssl
+
+    version = str(getattr(tls_cfg, "min_version", "1.3"))
+    if version not in MIN_VERSIONS:
+        raise ManagerConnectError(f"manager.tls.min_version: must be one of {', '.join(MIN_VERSIONS)}, "
+                                  f"got {version!r}")
+    material = load(tls_cfg)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    if version == "1.2":
+        ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        ctx.load_verify_locations(cadata=material.ca.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ManagerConnectError(f"manager.tls.ca_file: {tls_cfg.ca_file} holds no usable CA "
+                                  f"certificate: {exc}") from exc
+    try:
+        ctx.load_cert_chain(tls_cfg.cert_file, tls_cfg.key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ManagerConnectError(f"manager.tls.cert_file/key_file: {tls_cfg.cert_file} and "
+                                  f"{tls_cfg.key_file} are not a matching certificate and private key: "
+                                  f"{exc}") from exc
+    return ctx
+
+
 def describe_cert(path: str) -> dict[str, Any]:
     """Subject CN, serial and validity of the first certificate in a PEM file.
 
-    Read with a small DER walker rather than `cryptography` (~13 MB of resident memory) or the ssl
-    module (~4 MB: it loads and initialises OpenSSL, which grpc does not need; it carries its own).
+    Read with a small DER walker rather than `cryptography` (~13 MB of resident memory): `config
+    check` and the start-up check run it without loading OpenSSL at all.
     """
     try:
         with open(path, "rb") as fh:
@@ -146,14 +185,14 @@ def _time(der: bytes, tag: int, start: int, end: int) -> datetime.datetime:
         raise ValueError("unexpected time type")
     if len(text) != 15 or not text.endswith("Z"):
         raise ValueError(f"unexpected time {text!r}")
-    return datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
+    return datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)  # noqa: UP017 - Python 3.9
 
 
 def check_validity(path: str) -> dict[str, Any]:
     """Log D2001 when the client certificate is expired or not yet valid: the handshake will fail,
     and gRPC's own message for it is cryptic. Returns describe_cert(path)."""
     info = describe_cert(path)
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - Python 3.9
     if info["not_after"] < now:
         log.error("D2001 client certificate %s (CN %s) expired at %s; the Manager will refuse it", path,
                   info["subject_cn"], info["not_after"].isoformat(), extra={"code": ManagerConnectError.code})

@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from daemon_app.update import fsutil
+from daemon_app import fsutil
 from daemon_app.update.errors import (
     DownloadFailedError,
     DownloadTooLargeError,
     SlowRetrievalError,
     SourceFileError,
+    as_daemon_error,
 )
+from daemon_app.update.state import private_dir
 
 CHUNK = 256 * 1024
 PREFIX = "pkg-"
@@ -37,7 +39,11 @@ class DownloadSettings:
 
 
 def new_package_file(download_dir: str) -> tuple[int, str]:
-    fsutil.make_private_dir(download_dir)
+    try:
+        private_dir(download_dir, "update.download_dir")
+    except OSError as exc:
+        raise DownloadFailedError(f"update.download_dir: cannot create {download_dir}: "
+                                  f"{exc.strerror or exc}") from exc
     fd, path = tempfile.mkstemp(prefix=PREFIX, suffix=".part", dir=download_dir)
     os.fchmod(fd, 0o600)
     return fd, path
@@ -80,6 +86,9 @@ def fetch(url: str, download_dir: str, size: int, settings: DownloadSettings, pr
                 _copy_body(resp, out, url, size, settings, started, progress)
             out.flush()
             os.fsync(out.fileno())
+    except OSError as exc:  # writing it: the disk filled up under download_dir
+        fsutil.unlink_quietly(path)
+        raise as_daemon_error(exc, path) from exc
     except BaseException:
         fsutil.unlink_quietly(path)
         raise
@@ -137,6 +146,9 @@ def copy_local(src: str, download_dir: str, size: int, progress: Progress) -> st
                     progress(received)
             out.flush()
             os.fsync(out.fileno())
+    except OSError as exc:
+        fsutil.unlink_quietly(path)
+        raise as_daemon_error(exc, path) from exc
     except BaseException:
         fsutil.unlink_quietly(path)
         raise

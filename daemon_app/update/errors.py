@@ -6,7 +6,10 @@ D4001 download, D4002 verification, D4003 the host cannot take or keep the updat
 
 from __future__ import annotations
 
+import errno
+
 from daemon_app.errors import (
+    DaemonError,
     UpdateApplyError,
     UpdateDownloadError,
     UpdateRollbackError,
@@ -95,6 +98,11 @@ class HealthCheckError(UpdateApplyError):
     """The new version did not prove healthy in time; the previous one was restored."""
 
 
+class UnsafePathRefusedError(UpdateApplyError):
+    """A directory or file the update writes (work_dir/update, download_dir, backup_dir, the journal,
+    the lock) is a symlink, not the daemon's, or group/world-writable: nothing is written there."""
+
+
 class SelfUpdateUnavailableError(UpdateApplyError):
     """The daemon cannot replace itself (not running from a pyz and `update.daemon_path` empty)."""
 
@@ -108,3 +116,16 @@ class NoBackupError(UpdateRollbackError):
 
 class RollbackFailedError(UpdateRollbackError):
     """Restoring the previous version failed: the operator must act."""
+
+
+def as_daemon_error(exc: BaseException, path: str | None = None) -> DaemonError:
+    """A file operation that failed where no step wrapped it (a full disk under the journal or the
+    download): D4003 with the path and the reason, like every other way an update fails."""
+    if isinstance(exc, DaemonError):
+        return exc
+    filename = path or (exc.filename if isinstance(exc, OSError) else None)
+    where = f"{filename}: " if filename else ""
+    why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientSpaceError(f"disk: {where}{why}; nothing was installed")
+    return InstallError(f"update: {where}{why}")

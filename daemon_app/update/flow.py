@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from daemon_app import fsutil
 from daemon_app.errors import DaemonError
-from daemon_app.update import download, fsutil, install
+from daemon_app.update import download, install
 from daemon_app.update.errors import (
     ComponentMismatchError,
     ExpiredManifestError,
@@ -44,9 +45,11 @@ from daemon_app.update.errors import (
     NoBackupError,
     RollbackFailedError,
     SourceFileError,
+    UnsafePathRefusedError,
     UpdateInProgressError,
     UpdateVetoedError,
     VersionRollbackError,
+    as_daemon_error,
 )
 from daemon_app.update.manifest import (
     MANIFEST_NAME,
@@ -59,7 +62,7 @@ from daemon_app.update.manifest import (
 )
 from daemon_app.update.state import Journal, UpdateState, update_dir
 from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256
-from daemon_app.update.versions import Version
+from daemon_app.update.versions import Version, is_valid
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +108,6 @@ class UpdateRequest:
                 raise MalformedManifestError(f"manifest: cannot read {path}: {exc.strerror or exc}") from exc
         return cls(component, parts[0], parts[1], url=url, file=file, id=id)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UpdateRequest:
-        """A Manager command or control-socket request: manifest and signature as text."""
-        def text(key: str) -> bytes:
-            value = data.get(key, "")
-            return value.encode() if isinstance(value, str) else bytes(value)
-
-        return cls(str(data.get("component", "")), text("manifest"), text("signature"),
-                   url=str(data.get("url", "")), file=str(data.get("file", "")), id=str(data.get("id", "")))
-
     def describe(self) -> dict[str, Any]:
         return {"component": self.component, "url": self.url, "file": self.file, "id": self.id}
 
@@ -159,7 +152,10 @@ class UpdateLock:
         if not self._thread_lock.acquire(blocking=False):
             raise UpdateInProgressError(f"another update is in progress ({self._holder()})")
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = fsutil.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except fsutil.UnsafePathError as exc:
+                raise UnsafePathRefusedError(f"update lock: {exc}") from None
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -233,7 +229,8 @@ class Updater:
                 result.message = self._update(request, target, result, report)
             result.success = True
             report(COMPLETED, 100.0, result.message)
-        except DaemonError as exc:
+        except (DaemonError, OSError) as caught:
+            exc = as_daemon_error(caught)
             result.error = str(exc)
             result.rolled_back = isinstance(exc, HealthCheckError)
             log.error("update of %s to %s failed: %s", request.component, result.new_version or "?", exc,
@@ -257,10 +254,10 @@ class Updater:
 
     def _update(self, request: UpdateRequest, target: Target, result: UpdateResult, report: Progress) -> str:
         report(VERIFYING, 0.0, "checking the signed manifest")
-        manifest = self.check_manifest(request)
-        result.new_version = manifest.version
         installed = result.old_version
-        if installed and Version(installed) == Version(manifest.version):
+        manifest = self.check_manifest(request, running=installed)
+        result.new_version = manifest.version
+        if installed and is_valid(installed) and Version(installed) == Version(manifest.version):
             return f"{request.component} {manifest.version} is already installed"
         self._pre_update(request, manifest)
         self._check_space(manifest.size, target)
@@ -291,8 +288,12 @@ class Updater:
             install.clean_temp_files(target.path)
             self.journal.clear()
 
-    def check_manifest(self, request: UpdateRequest) -> Manifest:
-        """Signature -> expiry -> component -> version floor. Raises the failing check's error."""
+    def check_manifest(self, request: UpdateRequest, running: str | None = None) -> Manifest:
+        """Signature -> expiry -> component -> version floor. Raises the failing check's error.
+
+        `running` is the version the target reports now (the Agent's heartbeats, the daemon's own):
+        it counts toward the floor, so an Agent installed before the daemon ever updated it cannot
+        be taken down by a validly signed older release. Only `rollback` goes down."""
         if len(request.manifest) > MAX_MANIFEST_BYTES:
             raise MalformedManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
         keys = load_trusted_keys(self.cfg.update.public_key_file)
@@ -305,11 +306,28 @@ class Updater:
         if manifest.component != request.component:
             raise ComponentMismatchError(f"manifest: signed for component {manifest.component!r}, "
                                          f"requested for {request.component!r}")
-        floor = self.state.floor(request.component)
-        if floor and Version(manifest.version) < Version(floor):
+        floor = self.version_floor(request.component, running)
+        if floor is not None and Version(manifest.version) < floor[0]:
             raise VersionRollbackError(f"manifest: {request.component} {manifest.version} is older than "
-                                       f"{floor}, the highest version ever installed (replayed release?)")
+                                       f"{floor[0]}, {floor[1]} (replayed release? `rollback` is the "
+                                       "only way down)")
         return manifest
+
+    def version_floor(self, component: str, running: str | None = None) -> tuple[Version, str] | None:
+        """The highest of the recorded floor, the recorded install and the running version, with
+        where it came from; versions that do not parse (an Agent reporting 'dev') do not count."""
+        candidates = ((self.state.floor(component), "the highest version ever installed"),
+                      (self.state.installed(component), "the version recorded as installed"),
+                      (running, "the version running now"))
+        best: tuple[Version, str] | None = None
+        for text, source in candidates:
+            try:
+                version = Version(text) if text else None
+            except ValueError:
+                continue
+            if version is not None and (best is None or version > best[0]):
+                best = (version, source)
+        return best
 
     def check_package(self, package: str, manifest: Manifest) -> None:
         """Size -> SHA-256 of the exact file that will be installed."""
@@ -384,15 +402,27 @@ class Updater:
                 install.swap(package, target.path)
             except OSError as exc:
                 raise InstallError(f"install: cannot replace {target.path}: {exc}") from exc
-            journal.write("swapped")
+            try:
+                journal.write("swapped")
+            except OSError as exc:
+                # Unjournaled, a crash now would leave the new file unproven and unrecoverable: undo.
+                self._restore(target.path, backup)
+                raise InstallError(f"install: cannot record the swap in {journal.path}: {exc}; "
+                                   f"{target.path} restored") from exc
             _crash_point("after_swap")
 
         def restore() -> None:
             self._restore(target.path, backup)
 
+        def mark_verifying() -> None:
+            try:
+                journal.write("verifying")
+            except OSError as exc:  # "swapped" is on disk, and recovery treats both phases alike
+                log.warning("update journal: cannot record 'verifying': %s", exc,
+                            extra={"code": InstallError.code})
+
         return InstallContext(manifest.component, manifest.version, installed or None, manifest.sha256,
-                              backup, self.cfg.update.verify_timeout, swap, restore,
-                              lambda: journal.write("verifying"), report)
+                              backup, self.cfg.update.verify_timeout, swap, restore, mark_verifying, report)
 
     def _restore(self, path: str, backup: str | None) -> None:
         try:
@@ -501,8 +531,13 @@ class Updater:
     def _clean_downloads(self) -> None:
         directory = self.cfg.update.download_dir
         try:
+            fsutil.check_dir(directory)  # never unlink anything behind a planted symlink
             names = os.listdir(directory)
         except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("%s update.download_dir: %s; leftover downloads not cleaned",
+                      UnsafePathRefusedError.code, exc, extra={"code": UnsafePathRefusedError.code})
             return
         for name in names:
             if name.startswith(download.PREFIX):
@@ -544,7 +579,8 @@ class Updater:
             result.message = (f"{component} rolled back from {result.old_version or '?'} "
                               f"to {result.new_version or '?'}")
             report(COMPLETED, 100.0, result.message)
-        except DaemonError as exc:
+        except (DaemonError, OSError) as caught:
+            exc = as_daemon_error(caught)
             result.error = str(exc)
             log.error("rollback of %s failed: %s", component, exc, extra={"code": exc.code})
             report(FAILED, 0.0, str(exc))
@@ -562,7 +598,7 @@ def _peek_version(raw: bytes) -> str:
     try:
         value = json.loads(raw).get("version", "")
         return value if isinstance(value, str) and len(value) < 64 else ""
-    except (ValueError, AttributeError):
+    except Exception:  # unverified bytes from anyone: ValueError, RecursionError, AttributeError...
         return ""
 
 

@@ -11,7 +11,8 @@ import stat
 import time
 from dataclasses import dataclass
 
-from daemon_app.update import fsutil
+from daemon_app import fsutil
+from daemon_app.update.state import private_dir
 
 TEMP_MARK = ".update-"
 
@@ -28,9 +29,9 @@ def backup(target: str, backup_dir: str, component: str, version: str | None) ->
     """Copy the installed file into backup_dir (durably); None when nothing is installed yet."""
     if not os.path.exists(target):
         return None
-    fsutil.make_private_dir(backup_dir)
-    mode = stat.S_IMODE(os.stat(target).st_mode)
-    tmp = fsutil.copy_durable(target, backup_dir, f".{component}.", mode)
+    private_dir(backup_dir, "update.backup_dir")
+    # 0600: a restore takes the mode of the file it replaces (swap), not the backup's.
+    tmp = fsutil.copy_durable(target, backup_dir, f".{component}.", 0o600)
     path = os.path.join(backup_dir, f"{component}_{time.time_ns()}_{version or 'unknown'}.bak")
     fsutil.replace_durable(tmp, path)
     return path
@@ -39,12 +40,15 @@ def backup(target: str, backup_dir: str, component: str, version: str | None) ->
 def list_backups(backup_dir: str, component: str) -> list[Backup]:
     """This component's backups, newest first."""
     try:
-        names = os.listdir(backup_dir)
+        entries = list(os.scandir(backup_dir))
     except FileNotFoundError:
         return []
     found = []
-    for name in names:
-        if not (name.startswith(component + "_") and name.endswith(".bak")):
+    for entry in entries:
+        name = entry.name
+        # Only files the daemon wrote: a planted symlink is never restored over the target.
+        if not (name.startswith(component + "_") and name.endswith(".bak")
+                and entry.is_file(follow_symlinks=False)):
             continue
         _, stamp, version = name[:-4].split("_", 2) if name.count("_") >= 2 else ("", "", "")
         if stamp.isdigit():

@@ -30,6 +30,8 @@ SIGNATURE_NAME = "manifest.json.sig"
 COMPONENTS = ("agent", "daemon")
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_SIGNATURE_BYTES = 16 * 1024
+# 16 GiB: far beyond any Agent or pyz; a size past it is a mistake or an attack (free-space checks).
+MAX_PACKAGE_BYTES = 16 << 30
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----", re.S)
 
@@ -44,11 +46,17 @@ class Manifest:
 
     @classmethod
     def parse(cls, raw: bytes) -> Manifest:
-        """Check the shape of a (signature-verified) manifest; MalformedManifestError if wrong."""
+        """Check the shape of a (signature-verified) manifest; MalformedManifestError if wrong, for any
+        input (the property tests feed it arbitrary bytes)."""
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise MalformedManifestError(f"manifest: larger than {MAX_MANIFEST_BYTES} bytes")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                              parse_constant=_no_constant)
+        except RecursionError:  # json has no depth limit of its own: `[[[[...` under the size cap
+            raise MalformedManifestError("manifest: not a JSON document: nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
-            raise MalformedManifestError(f"manifest: not a JSON document: {exc}") from exc
+            raise MalformedManifestError(f"manifest: not a JSON document: {str(exc)[:200]}") from None
         if not isinstance(data, dict):
             raise MalformedManifestError("manifest: must be a JSON object")
         missing = [k for k in ("component", "version", "sha256", "size", "expires") if k not in data]
@@ -56,16 +64,19 @@ class Manifest:
             raise MalformedManifestError(f"manifest: missing field(s) {', '.join(missing)}")
         component, version, sha256, size, expires = (
             data["component"], data["version"], data["sha256"], data["size"], data["expires"])
-        if component not in COMPONENTS:
-            raise MalformedManifestError(f"manifest: component must be agent or daemon, got {component!r}")
+        if not isinstance(component, str) or component not in COMPONENTS:
+            raise MalformedManifestError("manifest: component must be agent or daemon, got "
+                                         f"{_short(component)}")
         try:
             Version(version)
         except ValueError as exc:
             raise MalformedManifestError(f"manifest: {exc}") from exc
         if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
-            raise MalformedManifestError(f"manifest: sha256 must be 64 lowercase hex digits, got {sha256!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise MalformedManifestError(f"manifest: size must be a non-negative integer, got {size!r}")
+            raise MalformedManifestError("manifest: sha256 must be 64 lowercase hex digits, got "
+                                         f"{_short(sha256)}")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_PACKAGE_BYTES:
+            raise MalformedManifestError(f"manifest: size must be an integer from 0 to {MAX_PACKAGE_BYTES}, "
+                                         f"got {_short(size)}")
         return cls(component, version, sha256, size, parse_rfc3339(expires))
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,16 +88,44 @@ class Manifest:
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Two `version` keys would let a reviewer's viewer show one and the daemon use the other."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_short(key)}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _short(value: Any) -> str:
+    """A bad value, quoted in an error, is at most a short excerpt."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"  # str() of a huge int is slow, or refused
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def parse_rfc3339(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise MalformedManifestError(f"manifest: expires must be an RFC 3339 time, got {value!r}")
+    if not isinstance(value, str) or len(value) > 64:
+        raise MalformedManifestError(f"manifest: expires must be an RFC 3339 time, got {_short(value)}")
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise MalformedManifestError(f"manifest: expires must be an RFC 3339 time, got {value!r}") from exc
+        # 3.9/3.10's fromisoformat does not take the Z that RFC 3339 (and `release sign`) writes.
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        raise MalformedManifestError("manifest: expires must be an RFC 3339 time, got "
+                                     f"{_short(value)}") from None
     if when.tzinfo is None:
-        raise MalformedManifestError(f"manifest: expires needs a time zone (Z or +hh:mm), got {value!r}")
-    return when.astimezone(UTC)
+        raise MalformedManifestError("manifest: expires needs a time zone (Z or +hh:mm), got "
+                                     f"{_short(value)}")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # year 1 at +01:00 is before the first representable UTC instant
+        raise MalformedManifestError(f"manifest: expires is out of range: {_short(value)}") from None
 
 
 def format_rfc3339(when: datetime) -> str:

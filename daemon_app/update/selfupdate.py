@@ -10,9 +10,10 @@ Sequence (docs/updates.md has the picture):
   5. the new daemon starts, recover() sees the pending marker with its own pid and reports
      `watching`; once registered with the Manager and one report acknowledged the engine calls
      `commit_pending_update(work_dir)`: marker -> committed, floor raised, the watcher exits
-  6. otherwise, at the deadline or when that pid dies, the watcher kills what is left, restores the
-     previous pyz and starts it (under systemd it leaves the start to `Restart=always`); the old
-     daemon's recover() then reports `rolled_back` with the watcher's reason.
+  6. otherwise, at the deadline or when that pid dies, the watcher restores the previous pyz, stops
+     what is left of the new daemon, and gets the previous one started: under systemd with
+     `systemctl restart <unit>` (whatever the exit status was, whatever Restart= says), otherwise
+     itself; the old daemon's recover() then reports `rolled_back` with the watcher's reason.
 Marker transitions (commit vs. roll back) take an flock on pending.json.lock, so exactly one wins.
 """
 
@@ -28,9 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from daemon_app.update import fsutil, install
+from daemon_app import fsutil
+from daemon_app.update import install
 from daemon_app.update.errors import InstallError, SelfUpdateUnavailableError
-from daemon_app.update.state import Journal, UpdateState, update_dir
+from daemon_app.update.state import Journal, UpdateState, read_json, update_dir
 from daemon_app.update.targets import FileTarget, InstallContext
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,18 @@ def read():
         return None
 
 
+def create(path):
+    """A new file, never through a symlink planted at that name."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
 def write(data):
     tmp = MARKER + ".watcher.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(create(tmp), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
@@ -92,7 +103,7 @@ def restore(m):
     target, backup = m["target"], m["backup"]
     directory = os.path.dirname(target)
     tmp = os.path.join(directory, "." + os.path.basename(target) + ".update-watcher.tmp")
-    with open(backup, "rb") as src, open(tmp, "wb") as dst:
+    with open(backup, "rb") as src, open(create(tmp), "wb") as dst:
         while True:
             chunk = src.read(1 << 20)
             if not chunk:
@@ -125,6 +136,25 @@ def stop(pid, grace):
         pass
 
 
+def start_previous(m):
+    """Under systemd ask it to restart the unit: the exit status of what we stopped (0 after SIGTERM,
+    2, a crash) must not decide whether the host gets a daemon back. Without systemd, or when
+    systemctl cannot be asked, start the previous daemon ourselves."""
+    unit = m.get("systemd_unit")
+    if m.get("systemd") and unit:
+        try:
+            rc = subprocess.call(["systemctl", "restart", "--no-block", unit], stdin=subprocess.DEVNULL,
+                                 timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            rc = "not run: %s" % exc
+        print("watcher: systemctl restart %s: %s" % (unit, rc), flush=True)
+        if rc == 0:
+            return
+    subprocess.Popen([m["python"], m["target"]] + m["args"], start_new_session=True, cwd="/",
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print("watcher: started %s %s" % (m["python"], m["target"]), flush=True)
+
+
 def main():
     while True:
         m = read()
@@ -134,23 +164,26 @@ def main():
         if dead or late:
             break
         time.sleep(0.1)
-    with open(MARKER + ".lock", "a") as lock:
+    with open(os.open(MARKER + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600),
+              "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         m = read()
         if not m or m.get("status") != "pending":
             return 0
-        if alive(m):
+        hung = alive(m)
+        if hung:
             reason = "the new daemon did not become healthy within %ss" % m.get("deadline_s")
-            stop(m["pid"], 10.0)
         else:
             reason = "the new daemon (pid %s) exited before it became healthy" % m["pid"]
+        # The previous pyz goes back BEFORE the new daemon is stopped: whoever starts a daemon next
+        # (systemd's Restart=, a restart job, this script) can only find the previous one in place.
         restore(m)
         m.update(status="rolled_back", reason=reason, rolled_back_at=time.time())
         write(m)
+        if hung:
+            stop(m["pid"], 10.0)
     print("watcher: %s; restored %s" % (reason, m["backup"]), flush=True)
-    if not m.get("systemd"):
-        subprocess.Popen([m["python"], m["target"]] + m["args"], start_new_session=True, cwd="/",
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start_previous(m)
     return 0
 
 
@@ -163,13 +196,14 @@ def marker_path(work_dir: str) -> str:
 
 
 def read_marker(work_dir: str) -> dict[str, Any] | None:
-    data = fsutil.read_json(marker_path(work_dir))
+    data = read_json(marker_path(work_dir))
     return data if isinstance(data, dict) else None
 
 
 @contextmanager
 def _marker_lock(work_dir: str) -> Iterator[None]:
-    with open(marker_path(work_dir) + ".lock", "a") as fh:
+    fd = fsutil.open_nofollow(marker_path(work_dir) + ".lock", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(fd, "ab") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
@@ -187,7 +221,8 @@ def start_watcher(work_dir: str) -> int:
     directory = update_dir(work_dir)
     script = os.path.join(directory, "watcher.py")
     fsutil.write_atomic(script, WATCHER_SOURCE.encode(), 0o600)
-    log_file = open(os.path.join(directory, "watcher.log"), "ab")
+    log_file = os.fdopen(fsutil.open_nofollow(os.path.join(directory, "watcher.log"),
+                                              os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
     with log_file:
         proc = subprocess.Popen([sys.executable, "-I", script, marker_path(work_dir)], start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd="/",
@@ -236,6 +271,28 @@ def under_systemd() -> bool:
     return bool(os.environ.get("INVOCATION_ID"))
 
 
+UNIT_ENV = "DAEMON_SYSTEMD_UNIT"
+
+
+def systemd_unit() -> str:
+    """The unit systemd runs us as: deploy/daemon.service passes it (`DAEMON_SYSTEMD_UNIT=%n`);
+    otherwise the .service in our cgroup path. Empty when not under systemd."""
+    if not under_systemd():
+        return ""
+    named = os.environ.get(UNIT_ENV, "")
+    if named:
+        return named
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            for line in fh:
+                for part in reversed(line.strip().split(":", 2)[-1].split("/")):
+                    if part.endswith(".service"):
+                        return part
+    except OSError:
+        pass
+    return ""
+
+
 class DaemonTarget(FileTarget):
     """daemon.pyz. With `restart` (inside a running daemon) it does the marker/watcher/exec dance;
     without it (the CLI while no daemon runs) replacing the file is all there is to do."""
@@ -274,6 +331,7 @@ class DaemonTarget(FileTarget):
             "deadline": time.time() + deadline_s, "deadline_s": deadline_s,
             "pid": os.getpid(), "pid_start": process_start(os.getpid()),
             "python": sys.executable, "args": sys.argv[1:], "systemd": under_systemd(),
+            "systemd_unit": systemd_unit(),
             "mode": os.stat(self.path).st_mode & 0o7777,
         }
         fsutil.write_json(marker_path(self.work_dir), marker)

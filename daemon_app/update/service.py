@@ -10,8 +10,6 @@ settles an interrupted update, or the new daemon after a self-update, reports un
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import sys
@@ -25,6 +23,7 @@ from typing import Any
 from daemon_app.agent.snapshot import LastExit
 from daemon_app.comm.snapshot import LinkSnapshot
 from daemon_app.errors import AgentStartError, ControlError, DaemonError
+from daemon_app.update import commands
 from daemon_app.update.errors import MalformedManifestError, UpdateInProgressError
 from daemon_app.update.flow import COMPLETED, FAILED, ROLLED_BACK, Updater, UpdateRequest, UpdateResult
 from daemon_app.update.manifest import COMPONENTS
@@ -186,17 +185,14 @@ class UpdateService:
 
     def handle_command(self, command: dict[str, Any]) -> None:
         """A Manager command {"id", "type": "update"|"rollback", ...}; returns at once."""
-        cid = str(command.get("id") or "")
-        component = str(command.get("component") or "")
+        cid = command.get("id") if isinstance(command.get("id"), str) else ""
+        component = command.get("component") if command.get("component") in COMPONENTS else ""
         try:
-            if command.get("type") == "update":
-                sig = command.get("manifest_sig") or b""
-                request = UpdateRequest(component, bytes(command.get("manifest") or b""),
-                                        sig.encode() if isinstance(sig, str) else bytes(sig),
-                                        url=str(command.get("url") or ""), id=cid)
+            request = commands.from_command(command)
+            if isinstance(request, UpdateRequest):
                 self.submit_update(request, from_manager=True)
             else:
-                self.submit_rollback(component, cid, from_manager=True)
+                self.submit_rollback(request.component, request.id, from_manager=True)
         except DaemonError as exc:
             log.error("%s command %s refused: %s", command.get("type"), cid, exc, extra={"code": exc.code})
             result = UpdateResult(component=component, error=str(exc))
@@ -216,20 +212,13 @@ class UpdateService:
                             work=lambda progress: self._updater().rollback(component, progress))
 
     def _control_update(self, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            manifest = base64.b64decode(args.get("manifest_b64") or "", validate=True)
-            signature = base64.b64decode(args.get("signature_b64") or "", validate=True)
-        except (binascii.Error, TypeError) as exc:
-            raise ControlError(f"update: manifest_b64 and signature_b64 must be base64: {exc}") from None
-        request = UpdateRequest(str(args.get("component") or ""), manifest, signature,
-                                url=str(args.get("url") or ""), file=str(args.get("file") or ""),
-                                id=LOCAL_PREFIX + uuid.uuid4().hex[:12])
+        request = commands.from_control(args, "update", LOCAL_PREFIX + uuid.uuid4().hex[:12])
+        assert isinstance(request, UpdateRequest)
         return {"id": self.submit_update(request, from_manager=False).id}
 
     def _control_rollback(self, args: dict[str, Any]) -> dict[str, Any]:
-        job = self.submit_rollback(str(args.get("component") or ""), LOCAL_PREFIX + uuid.uuid4().hex[:12],
-                                   from_manager=False)
-        return {"id": job.id}
+        request = commands.from_control(args, "rollback", LOCAL_PREFIX + uuid.uuid4().hex[:12])
+        return {"id": self.submit_rollback(request.component, request.id, from_manager=False).id}
 
     def _control_progress(self, args: dict[str, Any]) -> dict[str, Any]:
         job = self._jobs.get(str(args.get("id") or ""))

@@ -12,7 +12,8 @@ import os
 import time
 from typing import Any
 
-from daemon_app.update import fsutil
+from daemon_app import fsutil
+from daemon_app.update.errors import InstallError, UnsafePathRefusedError
 from daemon_app.update.versions import Version
 
 HISTORY_LIMIT = 50
@@ -20,9 +21,34 @@ PHASES = ("downloaded", "backed_up", "swapped", "verifying")
 
 
 def update_dir(work_dir: str) -> str:
+    """<work_dir>/update, 0700, checked to be the daemon's own (and work_dir too)."""
     path = os.path.join(work_dir, "update")
-    fsutil.make_private_dir(path)
+    private_dir(path, "daemon.work_dir")
+    try:
+        fsutil.check_dir(work_dir)
+    except fsutil.UnsafePathError as exc:
+        raise UnsafePathRefusedError(f"daemon.work_dir: {exc}") from None
     return path
+
+
+def read_json(path: str) -> Any:
+    """fsutil.read_json with the update's D-codes: a planted symlink or a file not ours, or a file
+    that is not JSON (it is written whole, so someone else wrote it), is D4003 naming the path."""
+    try:
+        return fsutil.read_json(path)
+    except fsutil.UnsafePathError as exc:
+        raise UnsafePathRefusedError(f"update state: {exc}") from None
+    except ValueError as exc:
+        raise InstallError(f"update state: {path} is not valid JSON ({str(exc)[:100]}); move it "
+                           "aside to go on") from None
+
+
+def private_dir(path: str, setting: str) -> None:
+    """fsutil.private_dir with the update's D-code: D4003 naming the setting and the path."""
+    try:
+        fsutil.private_dir(path)
+    except fsutil.UnsafePathError as exc:
+        raise UnsafePathRefusedError(f"{setting}: {exc}") from None
 
 
 class UpdateState:
@@ -32,7 +58,7 @@ class UpdateState:
         self.path = os.path.join(update_dir(work_dir), "state.json")
 
     def _load(self) -> dict[str, Any]:
-        data = fsutil.read_json(self.path)
+        data = read_json(self.path)
         if isinstance(data, dict) and isinstance(data.get("components"), dict):
             return data
         return {"components": {}}
@@ -67,7 +93,7 @@ class Journal:
         self.path = os.path.join(update_dir(work_dir), "journal.json")
 
     def read(self) -> dict[str, Any] | None:
-        data = fsutil.read_json(self.path)
+        data = read_json(self.path)
         return data if isinstance(data, dict) else None
 
     def write(self, phase: str, **fields: Any) -> dict[str, Any]:

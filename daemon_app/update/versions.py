@@ -26,7 +26,8 @@ class Version:
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str) or len(text) > MAX_LENGTH:
-            raise ValueError(f"not a version: {text!r}")
+            shown = repr(text[:MAX_LENGTH]) + "..." if isinstance(text, str) else f"a {type(text).__name__}"
+            raise ValueError(f"not a version: {shown}")
         m = _VERSION_RE.match(text)
         if not m:
             raise ValueError(f"not a version: {text!r} (expected dotted numbers like 1.4.2 or 1.5.0-rc.1)")

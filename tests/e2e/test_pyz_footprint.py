@@ -27,4 +27,4 @@ def test_the_pyz_compiles_its_modules_when_it_is_extracted(pyz, run_pyz, shiv_ro
     with zipfile.ZipFile(pyz) as zf:
         assert b'"compile_pyc": true' in zf.read("environment.json")
     assert run_pyz("version").returncode == 0
-    assert list(shiv_root.glob("daemon.pyz_*/site-packages/grpc/__pycache__/_channel.*.pyc"))
+    assert list(shiv_root.glob("daemon.pyz_*/site-packages/grpclib/__pycache__/client.*.pyc"))

@@ -38,7 +38,7 @@ def _test_build_never_registers():
     from daemon_app.comm import link
     from daemon_app.errors import ManagerConnectError
 
-    def refuse(self, grpc):
+    async def refuse(self, *args):
         raise ManagerConnectError("test build: this daemon never registers")
 
     link.ManagerLink._connect = refuse

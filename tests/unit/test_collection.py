@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from daemon_app import config
+from daemon_app import collection, config
 from daemon_app.collection import CollectorRunner
 from daemon_app.metrics import Metrics
 from tests.helpers import wait_until
@@ -77,3 +77,39 @@ def test_last_outcome_is_kept_per_collector_for_status():
     runner.run([("good", good, section("good"), 5.0)])
     assert runner.last["good"].ok and runner.last["good"].duration >= 0
     runner.close()
+
+
+def _collect_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("collect:")]
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_thread_ends_when_idle_and_the_next_round_starts_a_new_one(monkeypatch):
+    monkeypatch.setattr(collection, "WORKER_IDLE_EXIT", 0.2)
+    runner = CollectorRunner()
+    names = []
+
+    def named(ctx):
+        names.append(threading.current_thread().name)
+        return Metrics(ctx.name, {"n": len(names)})
+
+    first = runner.run([("idler", named, section("cpu"), 5.0)])
+    assert first[0].ok and "collect:idler" in names
+    wait_until(lambda: "collect:idler" not in _collect_threads(), timeout=10, what="the idle worker to end")
+    second = runner.run([("idler", named, section("cpu"), 5.0)])
+    assert second[0].ok and second[0].metrics[0].values == {"n": 2}
+    assert names == ["collect:idler", "collect:idler"]
+
+
+@pytest.mark.timeout(30)
+def test_rounds_closer_than_the_idle_exit_reuse_one_worker_thread():
+    runner = CollectorRunner()
+    idents = set()
+
+    def ident(ctx):
+        idents.add(threading.get_ident())
+        return Metrics(ctx.name, {})
+
+    for _ in range(20):
+        assert runner.run([("busy", ident, section("cpu"), 5.0)])[0].ok
+    assert len(idents) == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon_app import config
 from tests.helpers import ROOT
 
 INSTALL = ROOT / "deploy" / "install.sh"
@@ -111,7 +112,7 @@ def test_bad_arguments_and_missing_files_are_clear_errors(tmp_path, sources):
 
 def test_the_unit_is_what_the_daemon_needs():
     text = UNIT.read_text()
-    for line in ("Type=notify", "NotifyAccess=main", "KillMode=process", "Restart=on-failure",
+    for line in ("Type=notify", "NotifyAccess=main", "KillMode=process", "Restart=always",
                  "WatchdogSec=60s", "ExecReload=/bin/kill -HUP $MAINPID",
                  "ExecStart=/usr/bin/python3 /opt/daemon/daemon.pyz -c /etc/daemon/daemon.yaml run",
                  "Environment=SHIV_ROOT=/var/lib/daemon/pyz"):
@@ -129,3 +130,32 @@ def test_systemd_accepts_the_unit(tmp_path):
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "daemon.service" not in result.stderr, result.stderr
+
+
+def test_help_prints_the_usage_and_not_the_script():
+    result = subprocess.run(["sh", str(INSTALL), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("Usage: deploy/install.sh [--prefix DIR]")
+    assert "--config FILE  the config to install (default: deploy/daemon.yaml)" in result.stdout
+    for script_line in ("set -eu", "here=$(", "prefix=${DESTDIR"):
+        assert script_line not in result.stdout
+
+
+def test_the_installed_config_keeps_the_fhs_layout_with_absolute_paths(tmp_path):
+    pyz = tmp_path / "daemon.pyz"
+    pyz.write_bytes(b"PK fake")
+    root = tmp_path / "root"
+    result = subprocess.run(["sh", str(INSTALL), "--pyz", str(pyz), "--prefix", str(root)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    installed = root / "etc/daemon/daemon.yaml"
+    assert installed.read_text() == (ROOT / "deploy" / "daemon.yaml").read_text()
+    cfg = config.load(installed)
+    assert cfg.daemon.work_dir == "/var/lib/daemon"
+    assert cfg.daemon.log_file == "/var/log/daemon/daemon.log"
+    assert cfg.daemon.pid_file == "/run/daemon.pid"
+    assert cfg.agent.socket_path == "/run/agent.sock"
+    assert cfg.manager.tls.cert_file == "/etc/daemon/certs/client.crt"
+    assert cfg.update.public_key_file == "/etc/daemon/keys/update.pub"
+    # Only the report file is left to work_dir; nothing lands outside the FHS directories.
+    assert cfg.derived == ("reporters.file.path",)

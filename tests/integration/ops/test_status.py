@@ -34,12 +34,18 @@ def test_status_json_has_every_field_and_text_reads_well(ops_dir, daemon_process
         assert entry["last_run"].endswith("Z")
     assert {p["name"] for p in status["plugins"]} >= {"cpu", "memory", "disk", "network", "file-reporter"}
     assert status["reports_built"] >= 1
+    threads = status["threads"]
+    names = [t["name"] for t in threads["threads"]]
+    assert threads["count"] == len(names) and "MainThread" in names and "control" in names
+    assert all(t["reason"] != "unlisted" for t in threads["threads"]), threads
+    assert threads["os_threads"] >= threads["count"]
 
     text = cli("-c", path, "status")
     assert text.returncode == 0
     assert text.stdout.startswith(f"daemon {status['version']} (pid {proc.pid}) running, up ")
     assert "manager    none (stand-alone)" in text.stdout
     assert "update     none in progress" in text.stdout
+    assert "  threads    " in text.stdout
 
     # A broken config file on disk does not keep status from finding the daemon.
     write(ops_dir, dict(raw, daemon=dict(raw["daemon"], report_interval="soon")))
@@ -53,6 +59,6 @@ def test_status_without_a_daemon_says_so_and_exits_3(ops_dir):
     assert result.returncode == 3
     assert result.stdout == ""
     assert result.stderr.strip() == (f"D1004 the daemon is not running (no control socket answers at "
-                                     f"{ops_dir / 'control.sock'})")
+                                     f"{ops_dir / 'control.sock'}); asked the control socket from -c {path}")
     other = cli("status", "--socket", str(ops_dir / "elsewhere.sock"))
     assert other.returncode == 3

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import zipapp
 from pathlib import Path
 
 import pytest
@@ -16,49 +15,7 @@ import pytest
 from daemon_app.update.selfupdate import read_marker
 from daemon_app.update.state import Journal, UpdateState
 from tests.helpers import ROOT, wait_until, write_config
-from tests.update_support import base_config, write_release
-
-MAIN = '''
-import json, os, pathlib, sys, time
-sys.path.insert(0, {root!r})
-from daemon_app import config
-from daemon_app.update.flow import Updater, UpdateRequest
-from daemon_app.update.selfupdate import commit_pending_update, exec_into
-
-VERSION, MODE = {version!r}, {mode!r}
-cfg = config.load(sys.argv[1])
-out = pathlib.Path(sys.argv[2])
-
-def record(name, data):
-    (out / (name + ".tmp")).write_text(json.dumps(data))
-    os.replace(out / (name + ".tmp"), out / name)
-
-record(VERSION + ".started", {{"pid": os.getpid()}})
-if MODE == "crash":
-    sys.exit(1)
-result = Updater(cfg).recover()
-record(VERSION + ".recovered", result.to_dict() if result else None)
-if MODE == "healthy":
-    record(VERSION + ".commit", commit_pending_update(cfg.daemon.work_dir))
-request = out / "update-request"
-if request.exists():
-    os.rename(request, out / "update-request.taken")
-    rel = str(out / "release")
-    req = UpdateRequest.from_dir("daemon", rel, file=rel + "/package")
-    res = Updater(cfg, daemon_restart=lambda: exec_into(cfg.update.daemon_path)).run(req)
-    record(VERSION + ".update-failed", res.to_dict())
-deadline = time.monotonic() + 30
-while not (out / "stop").exists() and time.monotonic() < deadline:
-    time.sleep(0.05)
-'''
-
-
-def make_pyz(path: Path, version: str, mode: str) -> bytes:
-    src = path.parent / f"src-{version}-{mode}"
-    src.mkdir()
-    (src / "__main__.py").write_text(MAIN.format(root=str(ROOT), version=version, mode=mode))
-    zipapp.create_archive(src, path)
-    return path.read_bytes()
+from tests.update_support import base_config, make_pyz, write_release
 
 
 @pytest.fixture

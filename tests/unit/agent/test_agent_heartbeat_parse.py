@@ -46,7 +46,19 @@ def test_optional_fields_default_and_unknown_fields_are_ignored():
     (line(dict(GOOD, cpu=-1)), "cpu"),
     (line(dict(GOOD, memory=1.5)), "memory"),
     (line(dict(GOOD, memory=False)), "memory"),
+    (line(dict(GOOD, memory=2**70)), "memory"),
+    (line(dict(GOOD, version="1.0\x1b[2J")), "printable"),
+    (line(dict(GOOD, status="ok\nD3001 forged log line")), "printable"),
+    (line(dict(GOOD, pid=10**400)), "pid"),
+    (line(dict(GOOD, pid=2**40)), "pid"),
+    (line(dict(GOOD, cpu=float("nan"))), "NaN"),
+    (line(dict(GOOD, cpu=float("inf"))), "Infinity"),
+    (line(dict(GOOD, cpu=1e300)), "cpu"),
+    (line(GOOD)[:-1] + b', "cpu": 1e999}', "out of range"),
+    (b"[" * 60000, "nested deeper than 32"),
+    (b"x" * (64 * 1024 + 1), "longer than"),
 ])
 def test_invalid_lines_are_refused_with_the_reason(payload, why):
-    with pytest.raises(InvalidHeartbeat, match=why):
+    with pytest.raises(InvalidHeartbeat, match=why) as caught:
         parse_heartbeat(payload, PEER)
+    assert caught.value.code == "D3003" and len(str(caught.value)) < 200

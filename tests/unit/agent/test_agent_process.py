@@ -43,7 +43,10 @@ def test_pid_file_round_trip_and_garbage_is_ignored_with_a_warning(tmp_path, cap
     write_pid_file(path, 1234, 5678, "/bin/agent")
     assert read_pid_file(path) == (1234, 5678)
     assert json.loads(open(path).read())["binary"] == "/bin/agent"
-    for garbage in ("not json", '{"pid": "1234", "start_ticks": 1}', '{"pid": 1, "start_ticks": 1}', "[]"):
+    for garbage in ("not json", '{"pid": "1234", "start_ticks": 1}', '{"pid": 1, "start_ticks": 1}', "[]",
+                    "[" * 60000, '{"pid": 1' + "0" * 5000 + ', "start_ticks": 1}',
+                    '{"pid": true, "start_ticks": 1}',
+                    '{"pid": 1234, "start_ticks": 1, "pad": "' + "x" * 10000 + '"}', "\xff\xfe", "{}"):
         with open(path, "w") as fh:
             fh.write(garbage)
         with caplog.at_level(logging.WARNING):

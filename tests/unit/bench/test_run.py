@@ -162,7 +162,8 @@ def test_cpu_window_counts_a_busy_child_of_the_watched_process() -> None:
     try:
         own = common.CpuWindow(proc.pid)
         tree = common.CpuWindow(os.getpid(), include_children=True)
-        common.wait_until(lambda: own.percent() > 50 and tree.percent() > 50, timeout=20,
+        # An idle process shows ~0 %; 10 % still tells a spinning child apart on a loaded machine.
+        common.wait_until(lambda: own.percent() > 10 and tree.percent() > 10, timeout=20,
                           what="the busy child's CPU to show")
     finally:
         proc.kill()

@@ -59,3 +59,12 @@ def test_command_dicts_round_trip(d):
 def test_unknown_command_type_is_refused():
     with pytest.raises(ValueError, match="unknown command type"):
         messages.command_from_dict({"type": "reboot"})
+
+
+@pytest.mark.parametrize(("state", "status"), [
+    ("RUNNING", "running"), ("STARTING", "running"), ("STOPPING", "running"), ("STOPPED", "stopped"),
+    ("BACKOFF", "stopped"), ("EXITED", "stopped"), ("FATAL", "stopped"), ("", "unknown"), ("odd", "unknown")])
+def test_agent_status_carries_the_seeds_status_beside_the_supervisor_state(state, status):
+    msg = messages.agent_status_to_pb({"pid": 7, "state": state})
+    assert (msg.state, msg.status) == (state, status)
+    assert messages.agent_status_from_pb(msg)["status"] == status

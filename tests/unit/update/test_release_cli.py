@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -52,3 +53,18 @@ def test_runs_standalone_with_python_m(tmp_path) -> None:
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "signed daemon 0.2.0" in proc.stdout
+
+
+@pytest.mark.parametrize("expires", ["2020-01-01T00:00:00Z", "0d", "0s", "1999-12-31T23:59:59+01:00",
+                                     "99999999999999d"])
+def test_sign_refuses_an_expiry_that_is_past_or_impossible_and_writes_nothing(tmp_path, expires) -> None:
+    (tmp_path / "key.pem").write_bytes(private_pem(new_ed25519()))
+    (tmp_path / "f").write_bytes(b"x")
+    res = CliRunner().invoke(release_group, ["sign", "--key", str(tmp_path / "key.pem"),
+                                             "--component", "agent", "--version", "1.0.0",
+                                             "--file", str(tmp_path / "f"), "--expires", expires,
+                                             "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert "--expires" in res.output and ("past" in res.output or "zero" in res.output
+                                          or "too far" in res.output)
+    assert not (tmp_path / "o").exists()
