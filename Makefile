@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv test lint pyz bench demo proto clean
+.PHONY: venv test lint pyz compat bench demo proto clean
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,17 @@ lint: venv
 proto: venv
 	$(PY) -m daemon_app.proto.generate
 
+# One file per architecture (each runs on CPython 3.9-3.13); dist/daemon.pyz is this machine's.
 pyz: venv
-	PYTHON=$(PY) build/shiv.sh
+	PYTHON=$(PY) ARCH=x86_64 build/shiv.sh
+	PYTHON=$(PY) ARCH=aarch64 build/shiv.sh
+	cp -f dist/daemon-$$(uname -m).pyz dist/daemon.pyz
+
+# The pyz inside Debian 11 (python3 3.9) and 13 (3.13) root filesystems, cached in
+# ~/.cache/daemon-compat (root; debootstrap; deb.debian.org). See tests/compat.
+compat: venv pyz
+	$(PY) -m tests.compat.rootfs ensure bullseye trixie
+	DAEMON_COMPAT=1 $(PY) -m pytest -q tests/compat -p no:cacheprovider
 
 bench: venv pyz
 	$(PY) bench/run.py

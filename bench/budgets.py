@@ -154,6 +154,12 @@ FIGURES: dict[str, tuple[str, str]] = {
     "prometheus_scrape_ms_p99": ("ms", "one GET /metrics of daemon.pyz (new connection), p99"),
     "prometheus_body_bytes": ("bytes", "size of the /metrics body"),
     "prometheus_series": ("", "series in the /metrics body"),
+    "ready_s_py39": ("s", "start -> READY, stand-alone, Debian 11's python3 3.9 (chroot)"),
+    "ready_s_py311": ("s", "start -> READY, stand-alone, this machine's python3 3.11"),
+    "ready_s_py313": ("s", "start -> READY, stand-alone, Debian 13's python3 3.13 (chroot)"),
+    "idle_rss_mb_py39": ("MB", "idle RSS, stand-alone, Debian 11's python3 3.9 (chroot)"),
+    "idle_rss_mb_py311": ("MB", "idle RSS, stand-alone, this machine's python3 3.11"),
+    "idle_rss_mb_py313": ("MB", "idle RSS, stand-alone, Debian 13's python3 3.13 (chroot)"),
 }
 
 # Which script is expected to produce which figures: a missing script shows as "not measured".
@@ -178,6 +184,8 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "bench_peer_supervisord": ("peer_supervisord_restart_ms_p50",),
     "bench_peer_node_exporter": ("peer_node_exporter_rss_mb", "peer_node_exporter_cpu_percent",
                                  "peer_node_exporter_scrape_ms_p50", "peer_node_exporter_scrape_ms_p99"),
+    "bench_interpreters": ("ready_s_py39", "ready_s_py311", "ready_s_py313", "idle_rss_mb_py39",
+                           "idle_rss_mb_py311", "idle_rss_mb_py313"),
 }
 
 RATIOS: dict[str, Ratio] = {

@@ -33,6 +33,7 @@ TIMEOUTS: dict[str, tuple[float, float]] = {
     "bench_peer_node_exporter": (240.0, 120.0),  # may apt-get install node_exporter first
     "bench_peer_supervisord": (180.0, 120.0),    # may pip install supervisor first
     "bench_prometheus": (180.0, 90.0),
+    "bench_interpreters": (300.0, 150.0),        # may debootstrap the Debian roots first (cached)
 }
 # The figures held to budgets run first, so a slow script late in the suite cannot starve them.
 ORDER = ("bench_collect", "bench_report", "bench_agent", "bench_ready", "bench_idle_standalone",

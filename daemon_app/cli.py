@@ -52,6 +52,8 @@ class _Program(click.Group):
 @click.option("-c", "--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
               type=click.Path(dir_okay=False), help="Config file (default: $DAEMON_CONFIG, else built-in "
               "defaults).")
+@click.version_option(__version__, "--version", message=(
+    f"daemon %(version)s (python {platform.python_version()} on {platform.machine()})"))
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """daemon.pyz: collect host metrics, supervise the Agent, report to the Manager, update safely.
@@ -288,14 +290,16 @@ def _python_for_pip() -> str:
 @main.command("version")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def version_cmd(fmt: str) -> None:
-    """Print the daemon version, the Python version and the pyz build id."""
+    """Print the daemon version, the Python and machine it runs on, and the pyz build id."""
     from daemon_app import buildinfo
 
-    info = {"version": __version__, "python": platform.python_version(), "build_id": buildinfo.build_id()}
+    info = {"version": __version__, "python": platform.python_version(), "arch": platform.machine(),
+            "build_id": buildinfo.build_id()}
     if fmt == "json":
         click.echo(json.dumps(info))
     else:
-        click.echo(f"daemon {info['version']} (python {info['python']}, build {info['build_id']})")
+        click.echo(f"daemon {info['version']} (python {info['python']} on {info['arch']}, "
+                   f"build {info['build_id']})")
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -331,7 +335,10 @@ def run_cmd(obj: Ctx) -> None:
         logs.close()
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG if isinstance(exc, ConfigValidateError) else 1)
-    sys.exit(engine.run_forever())
+    code = engine.run_forever()
+    if engine.fatal is not None:
+        click.echo(str(engine.fatal), err=True)
+    sys.exit(code)
 
 
 # --- status, reload (through the control socket of the running daemon) ---------------------------
@@ -453,6 +460,8 @@ def format_status(s: dict[str, Any], asked: str = "") -> str:
     t = s.get("threads")
     if t:
         lines.append(f"  threads    {t['count']} ({', '.join(x['name'] for x in t['threads'])})")
+    for name, error in sorted((s.get("services_failed") or {}).items()):
+        lines.append(f"  FAILED     {name}: {error}")
     return "\n".join(lines)
 
 

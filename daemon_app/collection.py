@@ -115,7 +115,7 @@ class _Worker:
 def _as_list(result: Any) -> list[Metrics]:
     if result is None:
         return []
-    items = result if isinstance(result, list | tuple) else [result]
+    items = result if isinstance(result, (list, tuple)) else [result]
     for item in items:
         if not isinstance(item, Metrics):
             raise TypeError(f"collect returned {type(item).__name__}, expected Metrics")

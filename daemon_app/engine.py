@@ -33,6 +33,7 @@ from daemon_app.errors import AlreadyRunningError, ConfigValidateError, ControlE
 from daemon_app.metrics import Metrics, rfc3339
 from daemon_app.nodeid import load_or_create_node_id
 from daemon_app.plugins import Plugins
+from daemon_app.servicewatch import ThreadDeaths, dead_threads, describe, service_error
 from daemon_app.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ STATUS_LINE_EVERY = 10.0
 EXEC_CLOSE_SECONDS = 5.0
 # How long a stop waits for plugins to take the Agent events still queued for them.
 EVENTS_FLUSH_SECONDS = 2.0
+# A service thread that dies this soon after the daemon started means the service cannot start:
+# the daemon exits non-zero with the service's D-code instead of running without it.
+START_GRACE_SECONDS = 10.0
+SERVICE_CHECK_SECONDS = 5.0  # threads that end without raising are found by this check
+# Later deaths restart the service, at most this many times in the window; then it stays stopped
+# and `daemon status` (services_failed) and the status line say so.
+SERVICE_RESTARTS = 3
+SERVICE_RESTART_WINDOW = 600.0
 
 
 class EngineStopping(ControlError):
@@ -280,6 +289,11 @@ class Engine:
         self._lock = InstanceLock(cfg.daemon.work_dir, cfg.daemon.pid_file)
         self._thread_ident = threading.get_ident()
         self._old_signals: dict[int, Any] = {}
+        self._deaths = ThreadDeaths(lambda: self.post("call", self._check_services))
+        self._restarts: dict[str, list[float]] = {}
+        self.services_failed: dict[str, str] = {}  # service name -> its D-coded error
+        self.fatal: DaemonError | None = None  # why run_forever ended non-zero
+        self.exit_code = 0
 
     # --- start ---------------------------------------------------------------------------------
 
@@ -302,6 +316,7 @@ class Engine:
             self._check_previous_run()
             # Before any service thread exists: the control socket's umask is process-wide.
             self.control.start()
+            self._deaths.install()
             for service in self._build_services(self.cfg):
                 self._start_service(service)
             self._schedule()
@@ -315,26 +330,79 @@ class Engine:
         updates (recovering an interrupted update needs the Agent and reports to the Manager)."""
         services: list[Service] = []
         if cfg.agent.enabled and self.agent is None:
-            from daemon_app.agent.supervisor import AgentSupervisor
+            with _starting("agent"):
+                from daemon_app.agent.supervisor import AgentSupervisor
 
-            self.agent = AgentSupervisor(cfg, self)
+                self.agent = AgentSupervisor(cfg, self)
             services.append(self.agent)
         if cfg.manager.address and self.manager is None:
-            from daemon_app.comm.link import ManagerLink
+            with _starting("manager"):
+                from daemon_app.comm.link import ManagerLink
 
-            self.manager = ManagerLink(cfg, self)
+                self.manager = ManagerLink(cfg, self)
             self.plugins.register(self.manager, "manager-reporter", version=__version__, source="builtin")
             services.append(self.manager)
         if self.updates is None:
-            from daemon_app.update.service import UpdateService
+            with _starting("update"):
+                from daemon_app.update.service import UpdateService
 
-            self.updates = UpdateService(self)
+                self.updates = UpdateService(self)
             services.append(self.updates)
         return services
 
     def _start_service(self, service: Service) -> None:
-        service.start()
+        with _starting(service.name):
+            service.start()
         self.services.append(service)
+
+    def _detach(self, service: Service) -> None:
+        """Forget a stopped service, so that _build_services makes a new one when it is wanted."""
+        if service is self.agent:
+            self.agent = None
+        elif service is self.manager:
+            self.plugins.unregister("manager-reporter")
+            self.manager = None
+        elif service is self.updates:
+            self.updates = None
+
+    def _check_services(self) -> None:
+        """A service whose thread died: at start the daemon fails; later the service is restarted,
+        and after SERVICE_RESTARTS in the window it stays stopped and is reported. Never silent."""
+        if self.state not in ("starting", "running") or self.fatal is not None:
+            return
+        now = time.monotonic()
+        for service in list(self.services):
+            dead = dead_threads(service)
+            if not dead:
+                continue
+            why = "; ".join(self._deaths.why(t) for t in dead)
+            if now - self._started_mono < START_GRACE_SECONDS and service.name not in self._restarts:
+                self.fatal = service_error(service.name, f"cannot start: {why}")
+                log.error("%s; the daemon stops (exit 1)", self.fatal, extra={"code": self.fatal.code})
+                self.exit_code = 1
+                self.post("stop", f"{service.name} could not start")
+                return
+            error = service_error(service.name, f"stopped: {why}")
+            recent = [t for t in self._restarts.get(service.name, []) if now - t < SERVICE_RESTART_WINDOW]
+            self._restarts[service.name] = recent
+            deadline = now + min(5.0, self.cfg.daemon.shutdown_timeout)
+            self._drop_service(service, deadline)
+            self._detach(service)
+            if len(recent) >= SERVICE_RESTARTS:
+                self.services_failed[service.name] = str(error)
+                log.error("%s; restarted %d times in %gs: left stopped (a reload or a restart tries "
+                          "again)", error, len(recent), SERVICE_RESTART_WINDOW, extra={"code": error.code})
+                self._notify_status()
+                continue
+            recent.append(now)
+            log.error("%s; restarting it (%d of %d)", error, len(recent), SERVICE_RESTARTS,
+                      extra={"code": error.code})
+            try:
+                for fresh in self._build_services(self.cfg):
+                    self._start_service(fresh)
+            except DaemonError as exc:
+                self.services_failed[service.name] = str(exc)
+                log.error("%s", exc, extra={"code": exc.code})
 
     def _abort_start(self) -> None:
         deadline = time.monotonic() + min(5.0, self.cfg.daemon.shutdown_timeout)
@@ -342,6 +410,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 service.stop(deadline)
         self.services.clear()
+        self._deaths.uninstall()
         self.control.stop()
         self._lock.release()
         self._restore_signals()
@@ -387,6 +456,8 @@ class Engine:
         if self.notifier.enabled:
             self.scheduler.every("status-line", STATUS_LINE_EVERY, self._notify_status,
                                  first=STATUS_LINE_EVERY)
+        self.scheduler.every("service-check", SERVICE_CHECK_SECONDS, self._check_services,
+                             first=min(1.0, SERVICE_CHECK_SECONDS))
 
     # --- loops ---------------------------------------------------------------------------------
 
@@ -614,16 +685,16 @@ class Engine:
         deadline = time.monotonic() + min(5.0, cfg.daemon.shutdown_timeout)
         if self.agent is not None and not cfg.agent.enabled:
             self._drop_service(self.agent, deadline)
-            self.agent = None
+            self._detach(self.agent)
         if self.manager is not None and not cfg.manager.address:
             self._drop_service(self.manager, deadline)
-            self.plugins.unregister("manager-reporter")
-            self.manager = None
+            self._detach(self.manager)
         for service in list(self.services):
             try:
                 service.reload(cfg)
             except Exception:
                 log.exception("reloading %s failed", service.name)
+        self.services_failed.clear()  # a reload tries every wanted service again
         for service in self._build_services(cfg):
             try:
                 self._start_service(service)
@@ -646,10 +717,10 @@ class Engine:
         self._close(self.cfg.daemon.shutdown_timeout,
                     lambda busy: self.notifier.stopping("stopping: " + (busy or "nothing in flight")))
         self.state = "stopped"
-        log.info("daemon stopped")
+        log.info("daemon stopped" if not self.exit_code else f"daemon stopped (exit {self.exit_code})")
         self.notifier.close()
         logs.close()
-        return 0
+        return self.exit_code
 
     def _close(self, timeout: float, announce: Callable[[str], None]) -> None:
         """Everything shutdown and a restart into a new pyz share: no new work, wait for work in
@@ -670,6 +741,7 @@ class Engine:
                 service.stop(deadline)
             except Exception:
                 log.exception("stopping %s failed", service.name)
+        self._deaths.uninstall()
         self.control.stop()
         self._refuse_queued()
         # Agent events still queued reach the plugins, unless one of them holds the thread.
@@ -747,6 +819,7 @@ class Engine:
             "reports_built": self.reports_built,
             "in_flight": self.work.active(),
             "threads": threads.snapshot(),
+            "services_failed": dict(self.services_failed),
         }
         for name, provider in list(self.status_providers.items()):
             if out.get(name) is None:
@@ -766,10 +839,24 @@ class Engine:
         if agent is not None:
             parts.append(f"agent {(_section(agent.agent_status) or {}).get('state', '?')}")
         parts.append(f"reports {self.reports_built}")
+        if self.services_failed:
+            parts.append("FAILED " + ", ".join(sorted(self.services_failed)))
         return "; ".join(parts)
 
     def _notify_status(self) -> None:
         self.notifier.status(self.status_line())
+
+
+@contextlib.contextmanager
+def _starting(name: str) -> Iterator[None]:
+    """Whatever makes or starts service `name` fail becomes its D-coded error (an ImportError
+    deep inside is still "D2001 manager cannot start: ImportError: ...", never a bare traceback)."""
+    try:
+        yield
+    except DaemonError:
+        raise
+    except Exception as exc:
+        raise service_error(name, "cannot start: " + describe(exc)) from exc
 
 
 def _section(fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:

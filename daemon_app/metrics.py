@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from daemon_app.compat import UTC
 
 
 def rfc3339(ts: float | None = None) -> str:

@@ -27,8 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
+from daemon_app.compat import fromisoformat
 from daemon_app.errors import AgentHealthError, AgentStartError
 from daemon_app.wakeup import WakePipe
 
@@ -149,7 +149,7 @@ def parse_heartbeat(line: bytes, peer: Peer) -> Heartbeat:
             raise InvalidHeartbeat(f"{key} must be a non-empty printable string (<= 256 chars), got "
                                    f"{_excerpt(value)}")
     try:
-        datetime.fromisoformat(obj["timestamp"].replace("Z", "+00:00"))
+        fromisoformat(obj["timestamp"])
     except ValueError:
         raise InvalidHeartbeat(f"timestamp must be RFC 3339, got {_excerpt(obj['timestamp'])}") from None
     cpu = obj.get("cpu", 0.0)

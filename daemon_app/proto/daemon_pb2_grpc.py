@@ -5,7 +5,7 @@ import warnings
 
 from daemon_app.proto import daemon_pb2 as daemon__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class DaemonServiceStub:
+class DaemonServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -61,7 +61,7 @@ class DaemonServiceStub:
                 _registered_method=True)
 
 
-class DaemonServiceServicer:
+class DaemonServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
@@ -135,7 +135,7 @@ def add_DaemonServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class DaemonService:
+class DaemonService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

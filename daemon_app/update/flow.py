@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from daemon_app import fsutil
+from daemon_app.compat import UTC
 from daemon_app.errors import DaemonError
 from daemon_app.update import download, install
 from daemon_app.update.errors import (

@@ -14,9 +14,10 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from daemon_app.compat import UTC, fromisoformat
 from daemon_app.update.errors import (
     BadSignatureError,
     MalformedManifestError,
@@ -114,8 +115,7 @@ def parse_rfc3339(value: Any) -> datetime:
     if not isinstance(value, str) or len(value) > 64:
         raise MalformedManifestError(f"manifest: expires must be an RFC 3339 time, got {_short(value)}")
     try:
-        # 3.9/3.10's fromisoformat does not take the Z that RFC 3339 (and `release sign`) writes.
-        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+        when = fromisoformat(value)
     except ValueError:
         raise MalformedManifestError("manifest: expires must be an RFC 3339 time, got "
                                      f"{_short(value)}") from None
@@ -151,7 +151,7 @@ def load_trusted_keys(path: str) -> list[Any]:
         if isinstance(key, ec.EllipticCurvePublicKey) and not isinstance(key.curve, ec.SECP256R1):
             raise TrustedKeysError(f"trusted keys: {path}: key {n}: only the P-256 curve is accepted, "
                                    f"got {key.curve.name}")
-        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+        if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
             raise TrustedKeysError(f"trusted keys: {path}: key {n}: unsupported type {type(key).__name__} "
                                    "(RSA, ECDSA P-256 or Ed25519)")
         keys.append(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import zipfile
 
 import pytest
@@ -28,3 +29,7 @@ def test_the_pyz_compiles_its_modules_when_it_is_extracted(pyz, run_pyz, shiv_ro
         assert b'"compile_pyc": true' in zf.read("environment.json")
     assert run_pyz("version").returncode == 0
     assert list(shiv_root.glob("daemon.pyz_*/site-packages/grpclib/__pycache__/client.*.pyc"))
+    # and this interpreter's own builds, unpacked beside site-packages by build/preamble.py: only its
+    own = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert list(shiv_root.glob(f"daemon.pyz_*/_interp/{own}/cffi/__pycache__/api.*.pyc"))
+    assert [p.name for p in shiv_root.glob("daemon.pyz_*/_interp/*")] == [own]

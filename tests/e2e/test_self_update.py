@@ -5,6 +5,7 @@ replaced by the previous one, which registers again. The Agent runs throughout."
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -66,9 +67,14 @@ def builds(tmp_path_factory) -> dict[str, Path]:
     if importlib.util.find_spec("shiv") is None:
         pytest.skip("shiv is not installed (make venv)")
     d = tmp_path_factory.mktemp("pyz")
-    return {"old": build(d / "old.pyz", OLD), "new": build(d / "new.pyz", NEW),
-            "crash": build(d / "crash.pyz", NEW, "crash"),
-            "never_registers": build(d / "never.pyz", NEW, "never_registers")}
+    wanted = {"old": (d / "old.pyz", OLD, None), "new": (d / "new.pyz", NEW, None),
+              "crash": (d / "crash.pyz", NEW, "crash"),
+              "never_registers": (d / "never.pyz", NEW, "never_registers")}
+    # Two at a time: each build is mostly compressing (one core), and the first test's time
+    # limit includes this fixture.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(build, *args) for name, args in wanted.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 class Node:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import textwrap
 from datetime import datetime
@@ -109,10 +110,13 @@ def test_version_prints_daemon_python_and_build_id(cfg_path):
     from daemon_app import __version__
 
     info = json.loads(run_cli(cfg_path, "version", "--format", "json").stdout)
-    assert info["version"] == __version__ and info["python"].startswith("3.11.")
+    assert info["version"] == __version__ and info["python"] == platform.python_version()
+    assert info["arch"] == platform.machine()
     assert info["build_id"] == "dev"  # from source; the pyz carries its own (tests/e2e)
     text = run_cli(cfg_path, "version").stdout
-    assert text.startswith(f"daemon {__version__} (python 3.11.") and "build dev" in text
+    here = f"python {platform.python_version()} on {platform.machine()}"
+    assert text.startswith(f"daemon {__version__} ({here}, ")
+    assert "build dev" in text
 
 
 def test_run_refuses_a_log_file_it_cannot_open_with_the_key_path(tmp_path):
