@@ -21,7 +21,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +31,7 @@ from daemon_app.config import Config
 from daemon_app.control import ControlServer
 from daemon_app.errors import AlreadyRunningError, ConfigValidateError, ControlError, DaemonError
 from daemon_app.metrics import Metrics, rfc3339
+from daemon_app.nodeid import load_or_create_node_id
 from daemon_app.plugins import Plugins
 from daemon_app.servicewatch import ThreadDeaths, dead_threads, describe, service_error
 from daemon_app.systemd import Notifier, watchdog_interval
@@ -44,6 +44,8 @@ RESTART_ONLY = ("daemon.work_dir", "daemon.pid_file", "daemon.control_socket", "
 STATUS_LINE_EVERY = 10.0
 # A restart into a new pyz flushes the outbox for at most this long: what is left stays durable in it.
 EXEC_CLOSE_SECONDS = 5.0
+# How long a stop waits for plugins to take the Agent events still queued for them.
+EVENTS_FLUSH_SECONDS = 2.0
 # A service thread that dies this soon after the daemon started means the service cannot start:
 # the daemon exits non-zero with the service's D-code instead of running without it.
 START_GRACE_SECONDS = 10.0
@@ -71,44 +73,6 @@ class Service(Protocol):
     def reload(self, cfg: Config) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
-
-
-MANAGER_NODE_ID_FILE = "node_id.manager"
-
-
-def _read_node_id_file(path: str) -> str:
-    """An id file's first line, "" when absent. Never through a planted symlink: whatever it points
-    at would be sent to the Manager as our id."""
-    try:
-        with os.fdopen(fsutil.open_nofollow(path, os.O_RDONLY), "rb") as fh:
-            return fh.read(256).decode("utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        return ""
-    except fsutil.UnsafePathError as exc:
-        raise ConfigValidateError([f"daemon.work_dir: {exc}"]) from None
-
-
-def load_or_create_node_id(work_dir: str, configured: str = "") -> str:
-    """The id the Manager assigned (kept in <work_dir>/node_id.manager, seed §3.5.1), else
-    `daemon.id` if set, else the id generated on first start and kept in <work_dir>/node_id."""
-    assigned = _read_node_id_file(os.path.join(work_dir, MANAGER_NODE_ID_FILE))
-    if assigned:
-        return assigned
-    if configured:
-        return configured
-    path = os.path.join(work_dir, "node_id")
-    node_id = _read_node_id_file(path)
-    if node_id:
-        return node_id
-    node_id = str(uuid.uuid4())
-    write_atomic(path, node_id + "\n")
-    return node_id
-
-
-def keep_manager_node_id(work_dir: str, node_id: str) -> None:
-    """Persist the id the Manager assigned: it wins from the next start on (the daemon's own stays
-    in <work_dir>/node_id, unused while this file exists)."""
-    write_atomic(os.path.join(work_dir, MANAGER_NODE_ID_FILE), node_id + "\n")
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
@@ -396,8 +360,7 @@ class Engine:
         if service is self.agent:
             self.agent = None
         elif service is self.manager:
-            self.plugins.pm.unregister(name="manager-reporter")
-            self.plugins.info.pop("manager-reporter", None)
+            self.plugins.unregister("manager-reporter")
             self.manager = None
         elif service is self.updates:
             self.updates = None
@@ -781,6 +744,8 @@ class Engine:
         self._deaths.uninstall()
         self.control.stop()
         self._refuse_queued()
+        # Agent events still queued reach the plugins, unless one of them holds the thread.
+        self.plugins.events.flush(min(EVENTS_FLUSH_SECONDS, max(0.0, deadline - time.monotonic())))
         self._save_state(clean=not abandoned)
         self._lock.release()
         self._restore_signals()
@@ -848,6 +813,7 @@ class Engine:
                 for name, o in list(self.runner.last.items())
             },
             "plugins": self.plugins.describe(),
+            "plugin_events": self.plugins.events.status(),
             "update": None,
             "last_report": rfc3339(self.last_report) if self.last_report else None,
             "reports_built": self.reports_built,

@@ -2,6 +2,14 @@
 
 A plugin is any object or module with functions marked `@hookimpl` (import it from
 `daemon_app.hookspecs`). Built-ins are registered exactly like third-party plugins.
+
+Hooks are called the way pluggy documents: an implementation may take any subset of a hook's
+arguments, and where calls happen one after another (on_agent_event, pre_update, post_update)
+`@hookimpl(tryfirst=True)` runs before the others and `trylast=True` after them (otherwise the
+plugin registered last runs first); collect and report implementations run side by side, each on
+its own thread. Each plugin's implementation is called on its own, so one that raises is logged
+with its name and the others still run; a wrapper (`wrapper=True`/`hookwrapper=True`) therefore
+wraps only its own plugin's implementation.
 """
 
 from __future__ import annotations
@@ -49,8 +57,12 @@ def on_agent_event(event: dict[str, Any]) -> None:
     `event["type"]` is one of started, running, adopted, exited, backoff, restarting, unhealthy, fatal,
     stopped, updated, rolled_back; the event also carries `state`, `pid`, `timestamp` and, where
     they apply, `exit_code`/`signal`/`stderr_tail` (exited), `delay` (backoff) and `reason`
-    (unhealthy, restarting, rolled_back). Side effects only; called from the supervisor's thread,
-    so return quickly.
+    (unhealthy, restarting, rolled_back). Side effects only.
+
+    Called on the daemon's plugin-events thread, never the supervisor's: a slow plugin cannot delay
+    a restart. Events wait in a bounded queue (256); while a plugin holds the thread and the queue
+    is full, the oldest event is dropped and counted (`daemon status`, "plugin_events"), and the
+    drop is logged with D5001 and that plugin's name. Every plugin sees the same events, in order.
     """
 
 
@@ -58,8 +70,10 @@ def on_agent_event(event: dict[str, Any]) -> None:
 def pre_update(request: dict[str, Any]) -> str | None:
     """Called before an update is downloaded, with component, version, url/file, sha256, size.
 
-    Return a reason string to veto the update (it then fails with D4003 and that reason), or None to
-    let it proceed. Every implementation is called; the first veto is reported.
+    Return a reason string to veto the update, or None to let it proceed. Every implementation is
+    called (in pluggy's order), even after a veto; the update then fails with D4003 and every
+    veto's plugin and reason (`update vetoed by plugin 'a': reason; by plugin 'b': reason`). An
+    implementation that raises is logged with D5001 and its name and does not veto.
     """
 
 

@@ -22,6 +22,7 @@ import pluggy
 
 from daemon_app import fsutil, hookspecs
 from daemon_app.errors import DaemonError
+from daemon_app.plugin_events import QUEUE_SIZE, Busy, EventDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,24 @@ class PluginLoadError(DaemonError):
 class Plugins:
     """Owns the pluggy PluginManager and remembers where each plugin came from."""
 
-    def __init__(self) -> None:
+    def __init__(self, event_queue_size: int = QUEUE_SIZE) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.failed: list[PluginInfo] = []
+        self.events = EventDispatcher(self._deliver_event, event_queue_size)
 
     def register(self, plugin: object, name: str, *, version: str, source: str) -> None:
         self.pm.register(plugin, name=name)
         hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
         self.info[name] = PluginInfo(name, version, source, hooks)
+
+    def unregister(self, name: str) -> None:
+        """Forget a plugin registered under `name` (the Manager reporter when a reload drops
+        manager.address); its calls already in flight finish, later ones no longer reach it."""
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self.info.pop(name, None)
 
     def _failed(self, name: str, version: str, source: str, exc: BaseException) -> None:
         err = PluginLoadError(f"plugin {name!r} ({source}) failed to load: {type(exc).__name__}: {exc}")
@@ -155,18 +164,35 @@ class Plugins:
     def describe(self) -> list[dict[str, Any]]:
         return [i.to_dict() for i in (*self.info.values(), *self.failed)]
 
-    def implementations(self, hook: str) -> list[tuple[str, Any]]:
-        """(plugin name, function) for each implementation of a hook, in registration order."""
-        caller = getattr(self.pm.hook, hook)
-        return [(impl.plugin_name, impl.function) for impl in caller.get_hookimpls()]
+    def implementations(self, hook: str) -> list[tuple[str, HookCall]]:
+        """(plugin name, HookCall) for each implementation of `hook`, in registration order
+        (tryfirst/trylast aside): for hooks whose calls run side by side (collect, report)."""
+        return [(call.plugin_name, call) for call in self._hook_calls(hook, pluggy_order=False)]
+
+    def calls(self, hook: str) -> list[HookCall]:
+        """Each plugin's implementation of `hook` in the order pluggy calls them: tryfirst ones
+        first, trylast ones last, otherwise the plugin registered last first."""
+        return self._hook_calls(hook, pluggy_order=True)
+
+    def _hook_calls(self, hook: str, *, pluggy_order: bool) -> list[HookCall]:
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
+        out: dict[str, HookCall] = {}
+        for impl in reversed(impls) if pluggy_order else impls:
+            # Wrappers wrap the plugin's own call (HookCall goes through pluggy); not a call of their own.
+            if impl.hookwrapper or impl.wrapper or impl.plugin_name in out:
+                continue
+            out[impl.plugin_name] = HookCall(self.pm, hook, impl.plugin_name, impl.plugin)
+        return list(out.values())
 
     def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of a side-effect hook, isolating failures; returns results."""
+        """Call every implementation of a hook in pluggy's order, isolating failures; returns
+        (plugin name, result) for each implementation that did not raise."""
         results = []
         code = HOOK_ERROR_CODES.get(hook, "D5001")
-        for name, fn in self.implementations(hook):
+        for call in self.calls(hook):
+            name = call.plugin_name
             try:
-                results.append((name, fn(**kwargs)))
+                results.append((name, call(**kwargs)))
             except Exception as exc:
                 log.error(
                     "%s plugin %s raised in %s: %s: %s", code, name, hook, type(exc).__name__, exc,
@@ -175,6 +201,57 @@ class Plugins:
                 log.debug("plugin %s raised in %s here:", name, hook, exc_info=exc,
                           extra={"plugin": name, "hook": hook})
         return results
+
+    def post_event(self, event: dict[str, Any]) -> None:
+        """Hand an Agent event to the `on_agent_event` plugins on the plugin-events thread; returns
+        at once, whatever the plugins do (see daemon_app.plugin_events)."""
+        if self.calls("on_agent_event"):
+            self.events.post(event)
+
+    def _deliver_event(self, event: dict[str, Any], busy: Busy) -> None:
+        for call in self.calls("on_agent_event"):
+            busy(call.plugin_name)
+            try:
+                call(event=event)
+            except BaseException as exc:  # sys.exit() in a plugin must not end delivery for all
+                log.error("D5001 plugin %s raised in on_agent_event: %s: %s", call.plugin_name,
+                          type(exc).__name__, exc,
+                          extra={"plugin": call.plugin_name, "hook": "on_agent_event", "code": "D5001"})
+                log.debug("plugin %s raised in on_agent_event here:", call.plugin_name, exc_info=exc,
+                          extra={"plugin": call.plugin_name, "hook": "on_agent_event"})
+
+
+class HookCall:
+    """One plugin's implementation of one hook, called through pluggy's own hook caller.
+
+    pluggy picks the arguments the implementation declares (a plugin may take a subset) and runs its
+    wrappers and any hook-call monitoring; only this plugin is called, so one that raises cannot
+    stop the others. Returns the implementation's value (None when it returned None).
+    Equal for the same plugin object and hook: callers may cache per HookCall.
+    """
+
+    __slots__ = ("_pm", "hook", "plugin_name", "plugin")
+
+    def __init__(self, pm: pluggy.PluginManager, hook: str, plugin_name: str, plugin: object) -> None:
+        self._pm = pm
+        self.hook = hook
+        self.plugin_name = plugin_name
+        self.plugin = plugin
+
+    def __call__(self, **kwargs: Any) -> Any:
+        others = [p for p in self._pm.get_plugins() if p is not self.plugin]
+        results = self._pm.subset_hook_caller(self.hook, others)(**kwargs)
+        return results[0] if results else None
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, HookCall) and other.hook == self.hook and other.plugin is self.plugin
+                and other._pm is self._pm)
+
+    def __hash__(self) -> int:
+        return hash((self.hook, id(self.plugin)))
+
+    def __repr__(self) -> str:
+        return f"HookCall({self.hook}, plugin {self.plugin_name!r})"
 
 
 def load_all(cfg: Any) -> Plugins:

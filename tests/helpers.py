@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +67,25 @@ def end_process(pid: int, grace: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def sample_agent_executable() -> str:
+    """examples/sample_agent.py as an executable whose `#!` line is this interpreter (made once per
+    test process): tests never depend on what `python3` on PATH is."""
+    global _SAMPLE_AGENT
+    if _SAMPLE_AGENT is None:
+        directory = tempfile.mkdtemp(prefix="sample-agent-")
+        atexit.register(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "sample_agent")
+        source = (ROOT / "examples" / "sample_agent.py").read_text()
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(f"#!{sys.executable}\n" + source.split("\n", 1)[1])
+        os.chmod(path, 0o755)
+        _SAMPLE_AGENT = path
+    return _SAMPLE_AGENT
+
+
+_SAMPLE_AGENT: str | None = None
 
 
 def short_tmpdir(prefix: str = "dt") -> str:

@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from daemon_app import fsutil
 from daemon_app.errors import AgentStartError
+from daemon_app.metrics import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,8 @@ def clean_env(socket_path: str, config_file: str) -> dict[str, str]:
 
 
 def write_pid_file(path: str, pid: int, ticks: int, binary: str) -> None:
-    from daemon_app.engine import write_atomic
-    from daemon_app.metrics import rfc3339
-
     record = {"pid": pid, "start_ticks": ticks, "started_at": rfc3339(), "binary": binary}
-    write_atomic(path, json.dumps(record) + "\n")
+    fsutil.write_atomic(path, (json.dumps(record) + "\n").encode(), 0o644)
 
 
 _PID_FILE_MAX = 4096  # bytes; ours is ~150

@@ -39,14 +39,15 @@ from daemon_app.agent.process import (
     tail_lines,
     write_pid_file,
 )
+from daemon_app.agent.snapshot import AgentSnapshot, AgentState
 from daemon_app.errors import AgentHealthError, AgentStartError, AgentStopError, DaemonError
 from daemon_app.metrics import rfc3339
 from daemon_app.wakeup import WakePipe
 
 log = logging.getLogger(__name__)
 
-STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
-    "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+# The state names as the plain strings agent_status() and events carry, from the one enum.
+STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (s.value for s in AgentState)
 
 # Why the supervisor itself ends an Agent process (the "intent" of a STOPPING).
 _STOP, _REQUESTED = "stop", "requested"
@@ -213,6 +214,10 @@ class AgentSupervisor:
                 "heartbeats_invalid": self._server.counters.invalid if self._server else 0,
             }
 
+    def snapshot(self) -> AgentSnapshot:
+        """agent_status() as typed fields, for decisions other parts make on the Agent."""
+        return AgentSnapshot.from_status(self.agent_status())
+
     # --- operations for operators, the Manager and the update helper ---------------------------
 
     def stop_agent(self, timeout: float | None = None) -> None:
@@ -264,14 +269,14 @@ class AgentSupervisor:
             return self._version
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
-        """Send one event to every `on_agent_event` plugin (also used by the update helper for
-        "updated" / "rolled_back"). Returns the event."""
+        """Post one event for the `on_agent_event` plugins (also used by the update helper for
+        "updated" / "rolled_back"); they get it on their own thread. Returns the event."""
         with self._emit_lock:
             event = {"type": event_type, "state": self.state, "pid": self.pid, "timestamp": rfc3339(),
                      **fields}
             log.info("agent event %s (state %s, pid %s)", event_type, self.state, self.pid or "-",
                      extra={"agent_event": event})
-            self.engine.plugins.call_each("on_agent_event", event=event)
+            self.engine.plugins.post_event(event)
             return event
 
     def handle_command(self, command: dict[str, Any]) -> None:

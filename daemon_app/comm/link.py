@@ -421,7 +421,7 @@ class ManagerLink:
         """A non-empty RegisterResponse.node_id is this node's id from now on (seed §3.5.1), kept
         across restarts. Everything sent later carries it, reports and command statuses queued
         before included (the id is set when they are sent); an empty one keeps the current id."""
-        from daemon_app.engine import keep_manager_node_id
+        from daemon_app.nodeid import keep_manager_node_id
 
         current = self.engine.node_id
         if not assigned or assigned == current:

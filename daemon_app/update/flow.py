@@ -340,15 +340,18 @@ class Updater:
             return
         info = {**request.describe(), "version": manifest.version, "sha256": manifest.sha256,
                 "size": manifest.size}
-        for name, fn in self.plugins.implementations("pre_update"):
+        vetoes = []
+        for call in self.plugins.calls("pre_update"):  # every one, in pluggy's order
             try:
-                reason = fn(request=dict(info))
+                reason = call(request=dict(info))
             except Exception as exc:  # a broken plugin must not block updates, nor crash the daemon
-                log.error("plugin %s raised in pre_update: %s: %s", name, type(exc).__name__, exc,
-                          extra={"plugin": name, "hook": "pre_update", "code": "D5001"})
+                log.error("plugin %s raised in pre_update: %s: %s", call.plugin_name, type(exc).__name__, exc,
+                          extra={"plugin": call.plugin_name, "hook": "pre_update", "code": "D5001"})
                 continue
             if isinstance(reason, str) and reason:
-                raise UpdateVetoedError(f"update vetoed by plugin {name!r}: {reason}")
+                vetoes.append(f"by plugin {call.plugin_name!r}: {reason}")
+        if vetoes:
+            raise UpdateVetoedError("update vetoed " + "; ".join(vetoes))
 
     def _check_space(self, size: int, target: Target) -> None:
         """Every filesystem we write to must keep update.min_free_bytes free after the update."""

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon_app.agent.snapshot import LastExit
+from daemon_app.comm.snapshot import LinkSnapshot
 from daemon_app.errors import AgentStartError, ControlError, DaemonError
 from daemon_app.update import commands, testpoint
 from daemon_app.update.errors import MalformedManifestError, UpdateInProgressError
@@ -35,7 +37,6 @@ FINAL = (COMPLETED, ROLLED_BACK, FAILED)
 KEEP_JOBS = 16
 COMMIT_CHECK_EVERY = 0.25
 COMMIT_TASK = "update:commit"
-_LIVE = ("STARTING", "RUNNING")
 
 
 @dataclass
@@ -68,13 +69,13 @@ class Job:
                 "percent": last["percent"], "message": last["message"], "started": self.started}
 
 
-def _exit_text(last_exit: Any) -> str:
-    if not isinstance(last_exit, dict):
+def _exit_text(last_exit: LastExit | None) -> str:
+    if last_exit is None:
         return "exited before heartbeating"
-    if last_exit.get("signal"):
-        return f"exited on signal {last_exit['signal']} before heartbeating"
-    if last_exit.get("code") is not None:
-        return f"exited with code {last_exit['code']} before heartbeating"
+    if last_exit.signal:
+        return f"exited on signal {last_exit.signal} before heartbeating"
+    if last_exit.code is not None:
+        return f"exited with code {last_exit.code} before heartbeating"
     return "exited before heartbeating"
 
 
@@ -103,23 +104,22 @@ class EngineSupervisor:
 
     def start_agent(self) -> None:
         sup = self._sup()
-        self._baseline = int(sup.agent_status().get("heartbeats_received") or 0)
+        self._baseline = sup.snapshot().heartbeats_received
         sup.start_agent()
-        self._pid = int(sup.agent_status().get("pid") or 0)
+        self._pid = sup.snapshot().pid
 
     def wait_for_heartbeat(self, version: str | None, timeout: float) -> bool:
         sup = self._sup()
         deadline = time.monotonic() + timeout
         self.failure = ""
         while True:
-            st = sup.agent_status()
-            same = bool(self._pid) and st.get("pid") == self._pid
-            if same and int(st.get("heartbeats_received") or 0) > self._baseline \
-                    and (not version or st.get("version") == version):
+            st = sup.snapshot()
+            same = bool(self._pid) and st.pid == self._pid
+            if same and st.heartbeats_received > self._baseline and (not version or st.version == version):
                 return True
-            if not same or st.get("state") not in _LIVE:
+            if not same or not st.state.live:
                 # It exited (the restart policy may have started it again): not healthy.
-                self.failure = _exit_text(st.get("last_exit"))
+                self.failure = _exit_text(st.last_exit)
                 return False
             left = deadline - time.monotonic()
             if left <= 0:
@@ -331,8 +331,8 @@ class UpdateService:
         manager = self.engine.manager
         if manager is None:
             return self.engine.reports_built >= 1
-        st = manager.status()
-        return bool(st.get("registered")) and int(st.get("acked_seq") or 0) > self._seq_mark
+        link = LinkSnapshot.from_status(manager.status())
+        return link.registered and link.acked_seq > self._seq_mark
 
     def _check_commit(self) -> None:
         """On the engine's thread, every COMMIT_CHECK_EVERY s until committed or rolled back."""

@@ -16,9 +16,11 @@ from daemon_app.agent.supervisor import AgentSupervisor
 from daemon_app.engine import Engine
 from daemon_app.hookspecs import hookimpl
 from daemon_app.plugins import Plugins
-from tests.helpers import ROOT, base_config, deep_merge, short_tmpdir, wait_until
+from tests.helpers import base_config, deep_merge, sample_agent_executable, short_tmpdir, wait_until
 
-SAMPLE_AGENT = str(ROOT / "examples" / "sample_agent.py")
+# The sample Agent's `#!/usr/bin/env python3` would run whatever python3 is first on PATH (a pyenv
+# shim, a python without psutil...): tests run a copy whose first line names this interpreter.
+SAMPLE_AGENT = sample_agent_executable()
 
 # Shrunk timings: every test finishes in seconds.
 FAST_AGENT: dict[str, Any] = {
@@ -34,11 +36,19 @@ FAST_AGENT: dict[str, Any] = {
 
 
 class Recorder:
-    """An on_agent_event plugin that keeps every event, in order."""
+    """An on_agent_event plugin that keeps every event, in order.
 
-    def __init__(self) -> None:
+    Events reach plugins on their own thread: `types()` and `of()` first wait (briefly) until every
+    event posted so far was delivered, so they read what the supervisor has emitted by then."""
+
+    def __init__(self, plugins: Plugins | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._plugins = plugins
+
+    def _settle(self) -> None:
+        if self._plugins is not None:
+            self._plugins.events.flush(5.0)
 
     @hookimpl
     def on_agent_event(self, event: dict[str, Any]) -> None:
@@ -46,10 +56,12 @@ class Recorder:
             self.events.append(dict(event, _mono=time.monotonic()))
 
     def types(self) -> list[str]:
+        self._settle()
         with self._lock:
             return [e["type"] for e in self.events]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
+        self._settle()
         with self._lock:
             return [e for e in self.events if e["type"] == kind]
 
@@ -80,10 +92,11 @@ class Harness:
         raw = base_config(self.dir, agent=deep_merge(FAST_AGENT, agent))
         return config.validate(raw)
 
-    def supervisor(self, *, start: bool = True, **agent: Any) -> tuple[AgentSupervisor, Recorder]:
+    def supervisor(self, *, start: bool = True, plugins: Plugins | None = None,
+                   **agent: Any) -> tuple[AgentSupervisor, Recorder]:
         cfg = self.config(**agent)
-        plugins = Plugins()
-        recorder = Recorder()
+        plugins = plugins if plugins is not None else Plugins()
+        recorder = Recorder(plugins)
         plugins.register(recorder, "recorder", version="0", source="test")
         engine = Engine(cfg, plugins)
         sup = AgentSupervisor(cfg, engine)

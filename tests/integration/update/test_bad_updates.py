@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -270,3 +271,38 @@ def test_good_update_over_mutual_tls_installs_and_raises_the_floor(env, server) 
     assert "downloading" in {s[0] for s in env.states}
     assert sorted(os.listdir(env.work / "bin")) == ["agent"]
     assert os.stat(env.cfg.update.download_dir).st_mode & 0o777 == 0o700
+
+
+def test_every_pre_update_plugin_is_asked_and_every_veto_is_reported(env, caplog) -> None:
+    asked = []
+
+    class Freeze:
+        @hookimpl(trylast=True)
+        def pre_update(self, request):
+            asked.append("freeze")
+            return "change freeze"
+
+    class Terse:  # takes none of the arguments, as pluggy allows
+        @hookimpl
+        def pre_update(self):
+            asked.append("terse")
+            return "not on Fridays"
+
+    class Broken:
+        @hookimpl(tryfirst=True)
+        def pre_update(self, request):
+            asked.append("broken")
+            raise KeyError("oops")
+
+    plugins = Plugins()
+    plugins.register(Freeze(), "freeze", version="1", source="builtin")
+    plugins.register(Terse(), "terse", version="1", source="builtin")
+    plugins.register(Broken(), "broken", version="1", source="builtin")
+    before = snapshot(env.cfg)
+    with caplog.at_level(logging.ERROR):
+        result = env.updater(plugins=plugins).run(env.request(env.release("2.0.0")), env.progress)
+    assert asked == ["broken", "terse", "freeze"]
+    assert result.error == ("D4003 update vetoed by plugin 'terse': not on Fridays; "
+                            "by plugin 'freeze': change freeze")
+    assert any(r.code == "D5001" and r.plugin == "broken" for r in caplog.records)
+    assert snapshot(env.cfg) == before

@@ -346,3 +346,42 @@ def test_recent_warnings_travel_with_the_next_report_once(make_engine):
     assert [e["message"] for e in first["logs"]] == ["disk almost full"]
     assert first["logs"][0]["level"] == "warning" and first["logs"][0]["fields"]["code"] == "D5001"
     assert second["logs"] == []
+
+
+def test_shutdown_hands_queued_agent_events_to_plugins_and_a_hung_one_holds_it_only_briefly(make_engine):
+    from daemon_app.engine import EVENTS_FLUSH_SECONDS
+    from daemon_app.hookspecs import hookimpl
+
+    got: list[str] = []
+    release = threading.Event()
+
+    class SlowThenHung:
+        @hookimpl
+        def on_agent_event(self, event):
+            if event["type"] == "hang":
+                release.wait(60)
+                return
+            time.sleep(0.2)  # a slow plugin: the stop comes long before it is done
+            got.append(event["type"])
+
+    engine = make_engine()
+    engine.plugins.register(SlowThenHung(), "slow", version="1", source="entrypoint")
+    engine.start()
+    try:
+        for kind in ("started", "running"):
+            engine.plugins.post_event({"type": kind})
+        engine.post("stop", "test")
+        assert engine.run_forever() == 0
+        assert got == ["started", "running"]  # queued before the stop, delivered before it returned
+
+        again = make_engine()
+        again.plugins.register(SlowThenHung(), "slow", version="1", source="entrypoint")
+        again.start()
+        again.plugins.post_event({"type": "hang"})
+        wait_until(lambda: again.plugins.events.status()["busy_with"] == "slow", 10, what="the plugin busy")
+        began = time.monotonic()
+        again.post("stop", "test")
+        assert again.run_forever() == 0
+        assert time.monotonic() - began < EVENTS_FLUSH_SECONDS + 5  # bounded, not the 60 s it would wait
+    finally:
+        release.set()
