@@ -129,7 +129,10 @@ def parse_rfc3339(value: Any) -> datetime:
 
 
 def format_rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC with a Z; fractions of a second only when there are some, so that a manifest that gave
+    them round-trips (release sign writes whole seconds)."""
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if when.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def load_trusted_keys(path: str) -> list[Any]:

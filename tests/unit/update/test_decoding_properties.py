@@ -24,7 +24,7 @@ from daemon_app.proto import daemon_pb2 as pb
 from daemon_app.update import commands
 from daemon_app.update.errors import MalformedManifestError
 from daemon_app.update.flow import Updater, UpdateRequest
-from daemon_app.update.manifest import MAX_MANIFEST_BYTES, Manifest, parse_rfc3339
+from daemon_app.update.manifest import MAX_MANIFEST_BYTES, Manifest, format_rfc3339, parse_rfc3339
 from daemon_app.update.versions import Version
 from daemon_manager.release import sign_bytes
 from tests.update_support import manifest_bytes, new_ed25519, public_pem, update_config
@@ -203,3 +203,9 @@ def test_control_requests_decode_or_raise_d1004(args, kind) -> None:
 def test_manifest_with_duplicate_keys_or_non_json_constants_is_d4002(raw: bytes) -> None:
     with pytest.raises(MalformedManifestError, match="^D4002 manifest: not a JSON document: "):
         Manifest.parse(raw)
+
+
+def test_an_expiry_with_fractions_of_a_second_round_trips() -> None:
+    when = parse_rfc3339("2030-01-02T03:04:05.250000Z")
+    assert parse_rfc3339(format_rfc3339(when)) == when
+    assert format_rfc3339(parse_rfc3339("2030-01-02T03:04:05Z")) == "2030-01-02T03:04:05Z"
