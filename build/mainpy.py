@@ -9,8 +9,8 @@ build/preamble.py unpacks only the running interpreter's.
 
 shiv's bootstrap imports hashlib at its top (for an optional source-hash check this pyz does not
 use), and hashlib loads OpenSSL's libcrypto through _hashlib: ~3.6 MB of resident memory for the
-daemon's whole life, although nothing on its idle path hashes anything (grpc carries its own TLS
-library). The new __main__.py hides _hashlib while the bootstrap imports, so that hashlib falls back
+life of a stand-alone daemon, although nothing on its idle path hashes anything (with a Manager the
+link's ssl module loads libcrypto anyway). The new __main__.py hides _hashlib while the bootstrap imports, so that hashlib falls back
 to Python's built-in hashes there; build/preamble.py then forgets both modules before the daemon
 starts, so the daemon's own `import hashlib` (an update's SHA-256) gets OpenSSL's again.
 Before all that, the new __main__.py compares the interpreter and the machine with the ones the
