@@ -571,8 +571,9 @@ class Engine:
         self.post("call", request)
         return request.future.result(timeout)
 
-    def dispatch_command(self, command: dict[str, Any]) -> bool:
-        """Route a Manager command ({"id", "type", ...}) to its handler; False if none takes it."""
+    def dispatch_command(self, command: dict[str, Any]) -> bool | concurrent.futures.Future[Any]:
+        """Route a Manager command ({"id", "type", ...}) to its handler; False if none takes it, the
+        handler's future when it returns one (the outcome of work it started), else True."""
         kind = command.get("type", "")
         handler = self.command_handlers.get(kind)
         if handler is None:
@@ -580,11 +581,11 @@ class Engine:
             return False
         try:
             with self.busy(f"command {kind} {command.get('id', '')}".strip()):
-                handler(command)
+                outcome = handler(command)
         except EngineStopping:
             log.warning("command %s (id %s) refused: the daemon is stopping", kind, command.get("id"))
             return False
-        return True
+        return outcome if isinstance(outcome, concurrent.futures.Future) else True
 
     def add_status(self, name: str, provider: Callable[[], dict[str, Any] | None]) -> None:
         """Show `provider()` under `name` in `daemon status` (e.g. the updater under "update")."""

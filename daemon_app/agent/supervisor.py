@@ -279,8 +279,10 @@ class AgentSupervisor:
             self.engine.plugins.post_event(event)
             return event
 
-    def handle_command(self, command: dict[str, Any]) -> None:
-        """Manager command {"type": "agent", "action": start|stop|restart|reset, "id"}; returns at once."""
+    def handle_command(self, command: dict[str, Any]) -> concurrent.futures.Future[Any] | None:
+        """Manager command {"type": "agent", "action": start|stop|restart|reset, "id"}; returns at once
+        with the future of the action on the supervisor's thread (the link answers the Manager when it
+        is done: `start` of a binary that is missing fails with D3001), None for an unknown action."""
         action = command.get("action")
         actions: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
             "start": (self._start_now, ()),
@@ -291,7 +293,7 @@ class AgentSupervisor:
         if action not in actions:
             log.error("D3001 agent command %s: unknown action %.60r (expected start, stop, restart, reset)",
                       command.get("id"), action, extra={"code": "D3001"})
-            return
+            return None
         fn, args = actions[action]
         log.info("agent command %s: %s", command.get("id"), action)
         future = self._post(fn, *args)
@@ -304,6 +306,7 @@ class AgentSupervisor:
                           extra={"code": code})
 
         future.add_done_callback(done)
+        return future
 
     # --- cross-thread plumbing -----------------------------------------------------------------
 

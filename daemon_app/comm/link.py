@@ -694,6 +694,20 @@ class ManagerLink:
             self._stream_reopens += 1
         self._stream_state = "closed"
 
+    def _answer_outcome(self, cid: str, d: dict[str, Any], done: concurrent.futures.Future[Any]) -> None:
+        """Any thread: the end of work a handler started (an Agent start, stop, restart, reset)."""
+        what = f"{d['type']} {d.get('action', '')}".strip()
+        exc = done.exception()
+        if exc is None:
+            self.send_command_status(cid, "completed", message=f"{what}: done",
+                                     result={"success": True, "component": d.get("component") or d["type"]})
+            return
+        code = getattr(exc, "code", None) or _HANDLER_CODES.get(d["type"], ManagerReportError.code)
+        text = str(exc) if str(exc).startswith(code) else f"{code} {exc}"
+        self.send_command_status(cid, "failed", message=f"{what}: {text}",
+                                 result={"success": False, "error": text,
+                                         "component": d.get("component") or d["type"]})
+
     def _on_command(self, cmd: Any) -> None:
         """Every command with an id ends in exactly one terminal status (docs/contract.md): rejected
         when it cannot be run, failed when no handler takes it or the handler raises, completed for
@@ -725,8 +739,10 @@ class ManagerLink:
         log.info("command %s (%s) received from the manager", cid, d["type"])
 
         def dispatch() -> None:
+            outcome: Any = None
             try:
-                handled = self.engine.dispatch_command(d)
+                outcome = self.engine.dispatch_command(d)
+                handled = outcome is not False
                 error = "" if handled else f"no handler for command type {d['type']!r} in this daemon"
             except Exception as exc:  # a failing handler still owes the Manager an answer
                 log.exception("command %s failed in its handler", cid)
@@ -736,9 +752,11 @@ class ManagerLink:
                 self.send_command_status(cid, "failed", message=f"{code} {error}",
                                          result={"success": False, "error": f"{code} {error}",
                                                  "component": d.get("component", "")})
+            elif isinstance(outcome, concurrent.futures.Future):
+                outcome.add_done_callback(lambda done: self._answer_outcome(cid, d, done))
             elif d["type"] not in _SELF_REPORTING:
-                self.send_command_status(cid, "completed",
-                                         message=f"agent {d.get('action')}: taken by the supervisor",
-                                         result={"success": True, "component": "agent"})
+                what = f"{d['type']} {d.get('action', '')}".strip()
+                self.send_command_status(cid, "completed", message=f"{what}: taken",
+                                         result={"success": True, "component": d.get("component", "")})
 
         self.engine.post("call", dispatch)

@@ -30,10 +30,11 @@ def independent(pki_dir):
 
 @pytest.fixture
 def run_daemon(pyz, shiv_root, pki_dir, tmp_path):  # noqa: F811
-    """run_daemon(address, **manager_settings): `daemon.pyz -c CONFIG run` reporting every 0.5 s."""
+    """run_daemon(address, agent=None, **manager_settings): `daemon.pyz -c CONFIG run` reporting every
+    0.5 s; `agent` is the config's agent section (none supervised by default)."""
     started: list[DaemonProcess] = []
 
-    def start(address: str, **manager: object) -> DaemonProcess:
+    def start(address: str, agent: dict | None = None, **manager: object) -> DaemonProcess:
         work = tmp_path / "d"
         settings = {"address": address, "heartbeat_interval": "1s", "reconnect_interval": "200ms",
                     "reconnect_max": "1s", "timeout": "5s",
@@ -41,7 +42,7 @@ def run_daemon(pyz, shiv_root, pki_dir, tmp_path):  # noqa: F811
                             "key_file": str(pki_dir / "node-a.key")}}
         settings["tls"].update(manager.pop("tls", {}))  # type: ignore[attr-defined]
         settings.update(manager)
-        cfg = base_config(work, daemon={"report_interval": "500ms"}, manager=settings)
+        cfg = base_config(work, daemon={"report_interval": "500ms"}, manager=settings, agent=agent or {})
         work.mkdir(parents=True, exist_ok=True)
         path = write_config(work / "daemon.yaml", cfg)
         env = {"SHIV_ROOT": str(shiv_root), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}

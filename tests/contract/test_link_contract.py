@@ -14,7 +14,7 @@ import pytest
 from daemon_app.proto import daemon_pb2 as pb
 from daemon_manager import pki
 from tests.e2e.conftest import PYZ
-from tests.helpers import wait_until
+from tests.helpers import sample_agent_executable, wait_until
 from tests.integration.manager.conftest import log_records
 
 
@@ -139,6 +139,36 @@ def test_unknown_kind_unknown_action_and_a_resent_command_each_get_one_terminal_
     records = log_records(tmp_path / "d")
     assert sum("command no-agent (agent) received" in r["message"] for r in records) == 1, "run twice"
     assert sum("has ended; sending its status again" in r["message"] for r in records) == 3
+
+
+@pytest.mark.timeout(90)
+def test_agent_commands_are_answered_with_their_outcome_not_when_queued(independent, run_daemon, tmp_path):
+    run_daemon(independent.address, agent={"enabled": True, "binary_path": sample_agent_executable(),
+                                           "args": ["--interval", "0.5"]})
+    wait_until(lambda: independent.streams_opened >= 1, timeout=30, what="the command stream")
+    agent_pid = tmp_path / "d" / "agent.pid"
+    wait_until(lambda: agent_pid.exists(), timeout=30, what="the Agent's pid file")
+    first = agent_pid.read_text().strip()
+    independent.push(pb.Command(id="restart-1", agent=pb.AgentCommand(action="restart")))
+    wait_until(lambda: _answers(independent, "restart-1"), timeout=30, what="the restart's answer")
+    (done,) = _answers(independent, "restart-1")
+    assert (done.state, done.message, done.result.success) == ("completed", "agent restart: done", True)
+    wait_until(lambda: agent_pid.exists() and agent_pid.read_text().strip() != first, timeout=30,
+               what="a new Agent after the restart")
+
+    # The binary disappears (a careless deploy): a start now fails, and says why.
+    independent.push(pb.Command(id="stop-1", agent=pb.AgentCommand(action="stop")))
+    wait_until(lambda: _answers(independent, "stop-1"), timeout=30, what="the stop's answer")
+    os.unlink(sample_agent_executable())
+    try:
+        independent.push(pb.Command(id="start-1", agent=pb.AgentCommand(action="start")))
+        wait_until(lambda: _answers(independent, "start-1"), timeout=30, what="the start's answer")
+        (failed,) = _answers(independent, "start-1")
+        assert failed.state == "failed" and not failed.result.success
+        assert failed.message.startswith("agent start: D3001"), failed.message
+    finally:
+        import tests.helpers as helpers
+        helpers._SAMPLE_AGENT = None  # the next test makes a new copy
 
 
 @pytest.mark.timeout(60)
