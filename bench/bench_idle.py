@@ -1,7 +1,7 @@
 """Benchmark: idle footprint of `daemon.pyz run` supervising the sample Agent, default intervals: first
 with a real Manager, then stand-alone; and the size of the pyz.
 
-Budgets (DESIGN.md §9): idle RSS <= 38 MB with Manager + Agent, <= 26 MB stand-alone with Agent,
+Budgets (README, Budgets): idle RSS <= 38 MB with Manager + Agent, <= 26 MB stand-alone with Agent,
 idle CPU <= 0.1 %, at most 6 threads, a pyz under 14.8 MB. Starts the reference Manager
 (`python -m daemon_manager serve`, dev PKI) and dist/daemon.pyz (built when missing; `--source`
 runs `python -m daemon_app` from this tree instead) supervising examples/sample_agent.py, as

@@ -1,6 +1,6 @@
 """Benchmark: `daemon.pyz run` stand-alone at default intervals — RSS, CPU, time to first report.
 
-Budgets (DESIGN.md §9): RSS <= 40 MB, CPU <= 0.1 %. Runs dist/daemon.pyz (built first when missing)
+Budgets (README, Budgets): RSS <= 40 MB, CPU <= 0.1 %. Runs dist/daemon.pyz (built first when missing)
 with the system python3 when it is 3.11 (the deployed case: no dependencies installed), else with
 this interpreter, from a warm extraction root. CPU is measured from the first report to the end of
 the window (60 s; --quick 15 s), so start-up cost is the time-to-first-report figure, not CPU.

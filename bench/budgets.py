@@ -1,4 +1,4 @@
-"""What each benchmark figure means, the budgets it is held to (DESIGN.md §9), and the peer ratios."""
+"""What each benchmark figure means, the budgets it is held to, and the peer ratios."""
 
 from __future__ import annotations
 
@@ -35,49 +35,49 @@ _STANDALONE_AGENT_RSS = ("the Python 3.11 interpreter (~10.6 MB) and the modules
 
 BUDGETS: dict[str, Budget] = {
     "idle_cpu_percent": Budget(
-        "idle CPU (with Manager and Agent)", 0.1, "%", "DESIGN.md §9",
+        "idle CPU (with Manager and Agent)", 0.1, "%", "README Budgets",
         "the daemon's periodic work (Agent heartbeats every 5 s, TLS file check every 5 s, STATUS line "
         "every 10 s, Agent health every 30 s, collection, report, Manager heartbeat and keepalive "
         "PING every 60 s)"),
-    "idle_rss_mb": Budget("idle memory RSS (with Manager and Agent)", 38, "MB", "DESIGN.md §9", _LINK_RSS),
+    "idle_rss_mb": Budget("idle memory RSS (with Manager and Agent)", 38, "MB", "README Budgets", _LINK_RSS),
     "idle_standalone_agent_rss_mb": Budget(
-        "idle memory RSS (stand-alone with Agent)", 26, "MB", "DESIGN.md §9", _STANDALONE_AGENT_RSS),
+        "idle memory RSS (stand-alone with Agent)", 26, "MB", "README Budgets", _STANDALONE_AGENT_RSS),
     "idle_threads": Budget(
-        "threads at idle (with Manager and Agent)", 6, "", "DESIGN.md §9",
+        "threads at idle (with Manager and Agent)", 6, "", "README Budgets",
         "one per job that blocks: the engine, the Agent supervisor, its heartbeat socket, the control "
         "socket, the Manager link and the statvfs helper (collector workers end between rounds)"),
     "pyz_mb": Budget("size of daemon.pyz", 14.8, "MB", "issue #11 (the grpcio build)",
                      "the dependencies' files: cryptography (for update signatures) is the largest"),
     "standalone_cpu_percent": Budget(
-        "idle CPU (stand-alone, no Manager)", 0.1, "%", "DESIGN.md §9",
+        "idle CPU (stand-alone, no Manager)", 0.1, "%", "README Budgets",
         "collection rounds and the file reporter; the Python interpreter's own wake-ups"),
     "standalone_rss_mb": Budget(
-        "idle memory RSS (stand-alone, no Manager)", 40, "MB", "DESIGN.md §9",
+        "idle memory RSS (stand-alone, no Manager)", 40, "MB", "README Budgets",
         "the Python 3.11 interpreter and the modules loaded at start (psutil, pluggy, PyYAML, click)"),
     "collect_ms_p99": Budget(
-        "one collection round, all built-ins (p99)", 5, "ms", "DESIGN.md §9",
+        "one collection round, all built-ins (p99)", 5, "ms", "README Budgets",
         "psutil's per-call /proc parsing and one statvfs per mount point; on a shared machine, "
         "scheduling delays land in the tail"),
     "report_ms_p99": Budget(
-        "one report round trip, loopback (p99)", 10, "ms", "DESIGN.md §9",
+        "one report round trip, loopback (p99)", 10, "ms", "README Budgets",
         "the SQLite outbox commit (fsync) plus a TLS-wrapped gRPC call in Python; the Python "
         "Manager's own handling is part of the round trip"),
     "agent_restart_ms_max": Budget(
-        "Agent crash -> new Agent started, first restart (worst sample)", 100, "ms", "DESIGN.md §9",
+        "Agent crash -> new Agent started, first restart (worst sample)", 100, "ms", "README Budgets",
         "fork+exec of the Agent through subprocess in Python; on a busy machine the daemon's "
         "thread waits for a core"),
     "ready_s": Budget(
-        "daemon start -> READY, warm pyz", 1.0, "s", "DESIGN.md §9",
+        "daemon start -> READY, warm pyz", 1.0, "s", "README Budgets",
         "Python interpreter start plus imports from the zipapp (grpcio, cryptography are deferred "
         "where possible); shiv's first-run extraction is excluded by measuring a warm pyz"),
     "outage_reports_lost": Budget(
-        "reports lost across a Manager outage", 0, "reports", "DESIGN.md §6",
+        "reports lost across a Manager outage", 0, "reports", "README Budgets",
         "the outbox bound: when it is full the oldest reports are dropped (and counted)"),
     "prometheus_rss_delta_mb": Budget(
         "idle RSS added by prometheus.enabled (stand-alone)", 2, "MB", "issue #15",
         "the exporter's modules, its server thread's stack and one rendered body"),
     "self_update_reports_lost": Budget(
-        "reports lost across a daemon self-update", 0, "reports", "DESIGN.md §6-7",
+        "reports lost across a daemon self-update", 0, "reports", "README Budgets",
         "reports are enqueued in the durable outbox before the restart; a loss means a bug"),
 }
 

@@ -255,12 +255,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     unmeasured = sum(1 for c in checks.values() if c["met"] is None)
     lines.append(f"**Budgets: {met} met, {len(missed)} missed, {unmeasured} not measured.**")
     lines.append("")
-    lines.append("| what (DESIGN.md §9 unless noted) | figure | measured | budget | |")
+    lines.append("| what (the budgets unless noted) | figure | measured | budget | |")
     lines.append("|---|---|---|---|---|")
     for key, c in checks.items():
         measured = _fmt(c["value"], c["unit"]) if c["value"] is not None else _why_unmeasured(key, result)
         verdict = {True: "met", False: "**missed**", None: "—"}[c["met"]]
-        what = c["what"] + ("" if c["source"] == "DESIGN.md §9" else f" ({c['source']})")
+        what = c["what"] + ("" if c["source"] == "the budgets" else f" ({c['source']})")
         lines.append(f"| {what} | `{key}` | {measured} | ≤ {_fmt(c['budget'], c['unit'])} | {verdict} |")
     if missed:
         lines.append("")
