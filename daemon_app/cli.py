@@ -46,7 +46,7 @@ class _Program(click.Group):
         return super().main(*args, **kwargs)
 
 
-@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Program, context_settings={"help_option_names": ["--help", "-h"]})
 @click.version_option(__version__, "-V", "--version", prog_name=PROGRAM, message=(
     f"%(prog)s %(version)s (python {platform.python_version()} on {platform.machine()})"))
 @click.option("-c", "--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
