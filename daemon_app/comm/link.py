@@ -198,6 +198,11 @@ class ManagerLink:
         """Check the TLS files (D2001 when missing), open the outbox, start the link thread; no network."""
         tls.load(self.cfg.manager.tls)
         tls.check_validity(self.cfg.manager.tls.cert_file)
+        # The transport (grpclib, h2, protobuf) is imported now, on the engine's thread: a host
+        # where it cannot load fails the start with D2001 and exit 1, instead of a link that
+        # retries an ImportError for ever while the daemon looks healthy.
+        import daemon_app.comm.rpc  # noqa: F401
+        import daemon_app.proto.daemon_pb2  # noqa: F401
         self.outbox  # noqa: B018 - open (and repair) the outbox now, not on the first report
         self._state = "connecting"
         self._thread = threading.Thread(target=self._thread_main, name="manager-link", daemon=True)

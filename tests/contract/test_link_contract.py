@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -143,7 +144,9 @@ def test_unknown_kind_unknown_action_and_a_resent_command_each_get_one_terminal_
 
 @pytest.mark.timeout(90)
 def test_agent_commands_are_answered_with_their_outcome_not_when_queued(independent, run_daemon, tmp_path):
-    run_daemon(independent.address, agent={"enabled": True, "binary_path": sample_agent_executable(),
+    binary = tmp_path / "agent-bin"  # this test's own copy: it deletes it below
+    shutil.copy2(sample_agent_executable(), binary)
+    run_daemon(independent.address, agent={"enabled": True, "binary_path": str(binary),
                                            "args": ["--interval", "0.5"]})
     wait_until(lambda: independent.streams_opened >= 1, timeout=30, what="the command stream")
     agent_pid = tmp_path / "d" / "agent.pid"
@@ -159,16 +162,12 @@ def test_agent_commands_are_answered_with_their_outcome_not_when_queued(independ
     # The binary disappears (a careless deploy): a start now fails, and says why.
     independent.push(pb.Command(id="stop-1", agent=pb.AgentCommand(action="stop")))
     wait_until(lambda: _answers(independent, "stop-1"), timeout=30, what="the stop's answer")
-    os.unlink(sample_agent_executable())
-    try:
-        independent.push(pb.Command(id="start-1", agent=pb.AgentCommand(action="start")))
-        wait_until(lambda: _answers(independent, "start-1"), timeout=30, what="the start's answer")
-        (failed,) = _answers(independent, "start-1")
-        assert failed.state == "failed" and not failed.result.success
-        assert failed.message.startswith("agent start: D3001"), failed.message
-    finally:
-        import tests.helpers as helpers
-        helpers._SAMPLE_AGENT = None  # the next test makes a new copy
+    binary.unlink()
+    independent.push(pb.Command(id="start-1", agent=pb.AgentCommand(action="start")))
+    wait_until(lambda: _answers(independent, "start-1"), timeout=30, what="the start's answer")
+    (failed,) = _answers(independent, "start-1")
+    assert failed.state == "failed" and not failed.result.success
+    assert failed.message.startswith("agent start: D3001"), failed.message
 
 
 @pytest.mark.timeout(60)

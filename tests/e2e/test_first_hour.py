@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, short_tmpdir, wait_until
+from tests.helpers import ROOT, UNMEASURED_ENV, short_tmpdir, wait_until
 
 pytestmark = pytest.mark.pyz_smoke
 
@@ -161,7 +161,8 @@ def test_a_daemon_with_only_work_dir_writes_nothing_outside_the_scratch_dir_and_
                              "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,"
                              "unlinkat,rmdir,symlink,symlinkat,link,linkat,truncate,bind",
                              *pyz_cmd(pyz, "-c", str(cfg), "run")],
-                            cwd=cwd, env=operator_env(scratch), stdout=subprocess.DEVNULL,
+                            # unmeasured: coverage's data files are written outside the scratch dir
+                            cwd=cwd, env=operator_env(scratch, **UNMEASURED_ENV), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
         # From another directory, without -c or $DAEMON_CONFIG: found through the running process.

@@ -57,10 +57,12 @@ B64 = base64.b64encode(b"{}").decode()
     ("update", {"component": "agent", "manifest_b64": "not base64!", "signature_b64": B64},
      "D1004", "must be base64"),
     ("update", {"component": "agent", "manifest_b64": ["a", "list"], "signature_b64": B64},
-     "D1004", "must be base64"),
+     "D1004", "manifest_b64 must be text, got list"),
+    # A request that is not one (a field of the wrong kind or value) is the control socket's D1004,
+    # whatever the field: the update never started (daemon_app/update/commands.py).
     ("update", {"component": "kernel", "manifest_b64": B64, "signature_b64": B64},
-     "D4002", "component must be agent or daemon, got 'kernel'"),
-    ("rollback", {"component": "../agent"}, "D4002", "component must be agent or daemon"),
+     "D1004", "component must be agent or daemon, got 'kernel'"),
+    ("rollback", {"component": "../agent"}, "D1004", "component must be agent or daemon"),
     ("update-progress", {"id": "local-doesnotexist"}, "D1004", "no update with id 'local-doesnotexist'"),
 ], ids=["manifest-not-base64", "manifest-not-text", "unknown-component", "rollback-bad-component",
         "unknown-job"])

@@ -64,13 +64,15 @@ def test_a_backup_the_disk_refuses_fails_with_d4003_and_leaves_the_old_version(e
 
 
 @pytest.mark.timeout(60)
-def test_a_package_the_download_dir_refuses_fails_with_d4001_and_changes_nothing(env) -> None:
+def test_a_package_the_download_dir_refuses_fails_with_its_path_and_changes_nothing(env) -> None:
     rel = env.release("2.0.0", b"#!/bin/sh\n# agent 2.0.0\n" + b"#" * (3 * LIMIT))
     before = snapshot(env.cfg)
     proc = cli_with_file_limit(env, "update", "--component", "agent", "--file", str(rel / "package"),
                                "--manifest", str(rel))
     assert proc.returncode == 1, proc.stderr
-    assert "D4001 download: cannot store the package in update.download_dir" in proc.stderr, proc.stderr
+    # Every file error of an update is D4003 with the path it could not write (daemon_app/fsutil.py).
+    assert "D4003 update: " in proc.stderr and "/downloads/" in proc.stderr, proc.stderr
+    assert "File too large" in proc.stderr, proc.stderr
     assert "File too large" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert snapshot(env.cfg) == before
