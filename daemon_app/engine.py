@@ -611,9 +611,14 @@ class Engine:
         log.info("daemon ready")
         while True:
             due = self.scheduler.next_due()
-            timeout = None if due is None else max(0.0, due - time.monotonic())
+            timeout = None if due is None else due - time.monotonic()
             try:
-                command, arg = self._commands.get(timeout=timeout)
+                # Nothing to wait for when a task is due: on CPython 3.9.2 (Debian 11) a blocking
+                # get() with a timeout of 0 was seen to sleep for good, and no task ran again.
+                if timeout is not None and timeout <= 0:
+                    command, arg = self._commands.get_nowait()
+                else:
+                    command, arg = self._commands.get(timeout=timeout)
             except queue.Empty:
                 command, arg = "", None
             if command == "stop":
