@@ -348,6 +348,10 @@ SCHEMA: dict[str, Any] = {
         "args": Field([], "list[str]"),
         "work_dir": Field("agent", "str", under_work_dir=True),
         "config_file": Field("agent/agent.yaml", "str", under_work_dir=True),
+        "config_check": Field([], "list[str]", help="command run with a pushed config file appended; "
+                              "non-zero exit or timeout rejects it; empty: no check"),
+        "config_reload": Field("restart", "choice", choices=("restart",),
+                               help="how a pushed config is applied"),
         "socket_path": Field("agent.sock", "str", under_work_dir=True),
         "socket_mode": Field("0600", "mode"),
         "socket_group": Field("", "str", help="group that may connect; empty: owner only"),
@@ -400,6 +404,14 @@ SCHEMA: dict[str, Any] = {
         "min_free_bytes": Field("50MiB", "size", minimum=0, help="kept free beyond the package"),
         "self_update_deadline": Field("120s", "duration", minimum=1.0),
         "daemon_path": Field("", "str", help="the pyz to replace; empty: the running one"),
+    },
+    "remote_config": {
+        "enabled": Field(False, "bool", help="accept Agent config pushed by the Manager"),
+        "max_agent_config_bytes": Field("1MiB", "size", minimum=1, maximum=3 * 1024 * 1024),
+        "check_timeout": Field("30s", "duration", minimum=0.1,
+                               help="agent.config_check is killed after this"),
+        "verify_timeout": Field("60s", "duration", minimum=0.1,
+                                help="the Agent must stay healthy this long after a push, else rolled back"),
     },
     "plugins": {
         "dir": Field("plugins", "str", under_work_dir=True),

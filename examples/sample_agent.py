@@ -7,6 +7,9 @@ Python standard library only. The fault flags make it misbehave on purpose, for 
   --burn-cpu             spin one core (for --burn-for seconds, 0 = forever)
   --grow-memory MB_PER_S allocate and touch this many MiB every second
   --exit-at-start CODE   exit at once with CODE
+  --config FILE          read "key: value" lines from FILE at start (a missing file is fine):
+                         exit-at-start: CODE, no-heartbeat: true, crash-after: N override the flags,
+                         so a pushed config can make it crash or go silent (remote config tests)
 SIGTERM exits cleanly (code 0). When the socket goes away it reconnects.
 """
 
@@ -40,7 +43,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grow-memory", type=float, default=0.0, metavar="MB_PER_S",
                    help="allocate this many MiB per second")
     p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE", help="exit at once with CODE")
-    return p.parse_args(argv)
+    p.add_argument("--config", default="", metavar="FILE", help="settings file read at start")
+    args = p.parse_args(argv)
+    if args.config:
+        apply_config(args, args.config)
+    return args
+
+
+def apply_config(args: argparse.Namespace, path: str) -> None:
+    """The fault settings a config file may carry; anything else in it is ignored."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read(65536).splitlines()
+    except FileNotFoundError:
+        return
+    for line in lines:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "exit-at-start":
+            args.exit_at_start = int(value)
+        elif key == "no-heartbeat":
+            args.no_heartbeat = value.lower() == "true"
+        elif key == "crash-after":
+            args.crash_after = float(value)
 
 
 def log(message: str) -> None:

@@ -94,8 +94,9 @@ class _ThreadPerCall(concurrent.futures.ThreadPoolExecutor):
         return future
 
 
-_HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
-_SELF_REPORTING = frozenset({"update", "rollback"})  # their handlers send every state, the end included
+_HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001", "agent_config": "D6001"}
+# Their handlers send every state, the end included.
+_SELF_REPORTING = frozenset({"update", "rollback", "agent_config"})
 
 
 class _RateLimitedLog:

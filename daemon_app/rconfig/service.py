@@ -1,0 +1,213 @@
+"""Remote Agent config (Manager command `agent_config`): validate, swap, apply, verify, then commit or
+roll back to the last-known-good, and answer with exactly one terminal status.
+
+One push at a time, on its own thread `remote-config` (inside `engine.busy`, so shutdown waits).
+The verify rule (docs/contract.md): within `remote_config.verify_timeout` after the Agent was
+restarted with the new file, the Agent process running at the end must have sent a heartbeat, and at
+most ONE Agent process may have ended meanwhile (a crash, or a restart by a failed health check):
+one blip is tolerated so that a transient does not roll a good config back; a second one fails the
+config at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from daemon_app.agent.snapshot import AgentState, LastExit
+from daemon_app.errors import DaemonError, RemoteConfigError
+from daemon_app.rconfig.store import ConfigStore, digest, short
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "agent_config"
+POLL = 0.1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    why: str  # what went wrong ("" when healthy)
+
+
+def _ended(last_exit: LastExit | None) -> str:
+    if last_exit is None:
+        return "exit"
+    if last_exit.signal:
+        return f"end on signal {last_exit.signal}"
+    return f"exit with code {last_exit.code}" if last_exit.code is not None else "exit"
+
+
+def _describe(ends: list[str]) -> str:
+    if len(ends) == 2 and ends[0] == ends[1]:
+        return f"made the Agent {ends[0]} twice"
+    return "made the Agent " + ", then ".join(ends)
+
+
+class RemoteConfigService:
+    """Engine service "remote_config": the `agent_config` command handler and its status section."""
+
+    name = "remote_config"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._busy = ""
+        self._last: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        self.engine.command_handlers[COMPONENT] = self.handle_command
+        self.engine.add_status("remote_config", lambda: self._last)
+
+    def stop(self, deadline: float) -> None:
+        """Nothing to stop: shutdown waits for a push in flight (it runs inside engine.busy)."""
+
+    def reload(self, cfg: Any) -> None:
+        """Each push reads the engine's config of the moment."""
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._last or {})
+
+    # --- the command ------------------------------------------------------------------------------
+
+    def handle_command(self, command: dict[str, Any]) -> None:
+        """{"id", "type": "agent_config", "content": bytes}; returns at once, answers later."""
+        cid = str(command.get("id") or "")
+        content = command.get("content")
+        cfg = self.engine.cfg
+        if not isinstance(content, (bytes, bytearray)):
+            self._answer(cid, "rejected", f"D6001 agent config {cid}: content must be bytes", "", "")
+            return
+        cap = cfg.remote_config.max_agent_config_bytes
+        if len(content) > cap:
+            self._answer(cid, "rejected", f"D6001 agent config {cid}: {len(content)} bytes is larger than "
+                         f"remote_config.max_agent_config_bytes ({cap}); nothing changed", "", "")
+            return
+        with self._lock:
+            if self._busy:
+                self._answer(cid, "failed", f"D6001 agent config {cid}: another push is in progress "
+                             f"({self._busy}); nothing changed", "", digest(bytes(content)))
+                return
+            self._busy = cid
+        threading.Thread(target=self._run, args=(cid, bytes(content)), name="remote-config",
+                         daemon=True).start()
+
+    def _run(self, cid: str, content: bytes) -> None:
+        try:
+            with self.engine.busy(f"agent config {cid}"):
+                self._push(cid, content)
+        except Exception as exc:  # every push owes the Manager one answer
+            code = exc.code if isinstance(exc, DaemonError) else "D6001"
+            log.exception("agent config %s failed", cid)
+            text = str(exc) if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
+            self._answer(cid, "failed", f"{code} agent config {cid}: {text}", "", digest(content))
+        finally:
+            with self._lock:
+                self._busy = ""
+
+    def _push(self, cid: str, content: bytes) -> None:
+        cfg = self.engine.cfg
+        store = ConfigStore(cfg.agent.config_file, cfg.daemon.work_dir)
+        new = digest(content)
+        old_content = store.current()
+        old = digest(old_content)
+        if new == old:
+            self._answer(cid, "completed", f"agent config {short(new)} is already effective; nothing to do",
+                         old, new)
+            return
+        if self.engine.agent is None:
+            raise RemoteConfigError("agent supervision is off (agent.enabled: false)")
+        if cfg.agent.config_check:
+            self._progress(cid, "verifying", 10.0, f"running agent.config_check on {short(new)}")
+            check = store.check(list(cfg.agent.config_check), content, cfg.remote_config.check_timeout)
+            if not check.ok:
+                self._answer(cid, "rejected", f"D6001 agent config {short(new)} rejected by "
+                             f"agent.config_check ({check.why}); nothing changed. "
+                             f"Output: {check.output or '(none)'}", old, new)
+                return
+        store.keep_last_known_good(old_content)
+        self._progress(cid, "installing", 40.0, f"installing agent config {short(new)}; restarting the Agent")
+        store.install(content)
+        verdict = self._apply_and_verify()
+        if verdict.healthy:
+            self._answer(cid, "completed", f"agent config {short(new)} committed: the Agent heartbeated and "
+                         f"stayed healthy for {cfg.remote_config.verify_timeout:g}s", old, new)
+            return
+        log.warning("D6001 agent config %s %s; restoring %s", short(new), verdict.why, short(old),
+                    extra={"code": "D6001"})
+        store.install(store.last_known_good())
+        again = self._apply_and_verify()
+        reason = f"config {short(new)} {verdict.why}; restored {short(old)}"
+        if again.healthy:
+            self._answer(cid, "rolled_back", f"D6001 {reason}, healthy", old, new, rolled_back=True)
+        else:
+            self._answer(cid, "failed", f"D6001 {reason}, still unhealthy: {again.why}", old, new,
+                         rolled_back=True)
+
+    # --- apply and verify -------------------------------------------------------------------------
+
+    def _apply_and_verify(self) -> Verdict:
+        """Restart the Agent with the file now in place, then watch it (the rule in the module doc)."""
+        sup = self.engine.agent
+        if sup is None:
+            return Verdict(False, "lost its supervisor (agent.enabled turned off)")
+        timeout = self.engine.cfg.remote_config.verify_timeout
+        sup.stop_agent()
+        baseline = sup.snapshot().heartbeats_received
+        try:
+            sup.start_agent()
+        except DaemonError as exc:
+            log.warning("%s", exc, extra={"code": exc.code})  # the restart policy takes it from here
+        deadline = time.monotonic() + timeout
+        watched = sup.snapshot().pid
+        ends: list[str] = []
+        while True:
+            st = sup.snapshot()
+            if watched and (st.pid != watched or not st.state.live):
+                ends.append(_ended(st.last_exit))
+                watched = 0
+                if len(ends) >= 2:
+                    return Verdict(False, _describe(ends))
+            if not watched:
+                if st.state == AgentState.FATAL:
+                    return Verdict(False, _describe(ends) + " and gave up (FATAL)")
+                if st.state.live and st.pid:
+                    watched, baseline = st.pid, st.heartbeats_received
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sup.wait_for_heartbeat(None, min(left, POLL))
+        st = sup.snapshot()
+        if watched and st.pid == watched and st.heartbeats_received > baseline:
+            return Verdict(True, "")
+        why = f"sent no heartbeat within {timeout:g}s"
+        return Verdict(False, f"{_describe(ends)} and {why}" if ends else "made the Agent " + why)
+
+    # --- answers ------------------------------------------------------------------------------------
+
+    def _progress(self, cid: str, state: str, percent: float, message: str) -> None:
+        log.info("agent config %s: %s %s", cid, state, message)
+        self._send(cid, state, percent, message, None)
+
+    def _answer(self, cid: str, state: str, message: str, old: str, new: str, *,
+                rolled_back: bool = False) -> None:
+        ok = state == "completed"
+        (log.info if ok else log.warning)("agent config %s: %s %s", cid, state, message)
+        result = {"success": ok, "old_version": old, "new_version": new, "error": "" if ok else message,
+                  "rolled_back": rolled_back, "component": COMPONENT}
+        self._last = {"id": cid, "state": state, "message": message, "old": old, "new": new,
+                      "time": time.time()}
+        self._send(cid, state, 100.0, message, result)
+
+    def _send(self, cid: str, state: str, percent: float, message: str,
+              result: dict[str, Any] | None) -> None:
+        manager = self.engine.manager
+        if manager is None or not cid:
+            return
+        try:
+            manager.send_command_status(cid, state, percent, message, result)
+        except Exception:  # reporting must never break the push itself
+            log.exception("cannot queue the status of command %s for the manager", cid)

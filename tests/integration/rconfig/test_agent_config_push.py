@@ -1,0 +1,191 @@
+"""Remote Agent config, end to end: a real daemon (from source), the real sample Agent and the
+contract suite's independent Manager. Each push ends in exactly one terminal status."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from daemon_app.proto import daemon_pb2 as pb
+from tests.contract.conftest import pki_dir  # noqa: F401 - the certificates, made once per module
+from tests.contract.independent_manager import IndependentManager
+from tests.helpers import (
+    DaemonProcess,
+    base_config,
+    sample_agent_executable,
+    short_tmpdir,
+    wait_until,
+    write_config,
+)
+from tests.integration.manager.conftest import log_records
+
+TERMINAL = ("completed", "rolled_back", "failed", "rejected")
+GOOD = b"# agent settings v2\nlevel: debug\n"
+CRASH = b"exit-at-start: 2\n"
+SILENT = b"no-heartbeat: true\n"
+CHECKER = textwrap.dedent("""\
+    import sys
+    text = open(sys.argv[1]).read()
+    if "forbidden" in text:
+        print("line 1: 'forbidden' is not a setting")
+        sys.exit(4)
+    """)
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Node:
+    def __init__(self, manager: IndependentManager, daemon: DaemonProcess, work: Path, config_file: Path):
+        self.manager, self.daemon, self.work, self.config_file = manager, daemon, work, config_file
+
+    def push(self, content: bytes, cid: str | None = None, timeout: float = 60) -> pb.CommandStatus:
+        cid = cid or f"cfg-{uuid.uuid4().hex[:8]}"
+        self.manager.push(pb.Command(id=cid, agent_config=pb.AgentConfigCommand(content=content)))
+        return wait_until(lambda: self.terminal(cid), timeout=timeout, what=f"the end of {cid}")[0]
+
+    def terminal(self, cid: str) -> list[pb.CommandStatus]:
+        with self.manager.lock:
+            return [s for s in self.manager.statuses if s.command_id == cid and s.state in TERMINAL]
+
+    def agent_pid(self) -> int:
+        return int(json.loads((self.work / "agent.pid").read_text())["pid"])
+
+    def wait_healthy(self) -> None:
+        """A heartbeat to the Manager that says the Agent is RUNNING (after the last status)."""
+        seen = self.manager.heartbeat_count()
+
+        def running() -> bool:
+            with self.manager.lock:
+                beats = [hb for _, hb in self.manager.heartbeats[seen:]]
+            return any(hb.agent_status.state == "RUNNING" for hb in beats)
+
+        wait_until(running, timeout=30, what="a heartbeat with the Agent RUNNING")
+
+
+@pytest.fixture
+def node(pki_dir, tmp_path):  # noqa: F811 - the imported fixture
+    manager = IndependentManager(pki_dir)
+    work = Path(short_tmpdir("rc"))
+    config_file = work / "agent" / "agent.conf"
+    checker = tmp_path / "check.py"
+    checker.write_text(CHECKER)
+    cfg = base_config(
+        work, daemon={"report_interval": "1s"},
+        manager={"address": manager.address, "heartbeat_interval": "500ms", "reconnect_interval": "200ms",
+                 "reconnect_max": "1s", "timeout": "5s",
+                 "tls": {"ca_file": str(pki_dir / "ca.crt"), "cert_file": str(pki_dir / "node-a.crt"),
+                         "key_file": str(pki_dir / "node-a.key")}},
+        agent={"enabled": True, "binary_path": sample_agent_executable(),
+               "args": ["--config", str(config_file), "--interval", "0.2"],
+               "config_file": str(config_file), "config_check": [sys.executable, str(checker)],
+               "stop_timeout": "3s", "start_seconds": "200ms",
+               "health_check": {"interval": "200ms", "heartbeat_timeout": "2s"},
+               "restart": {"backoff_base": "100ms", "backoff_max": "300ms", "max_retries": 20}},
+        remote_config={"enabled": True, "max_agent_config_bytes": 4096, "verify_timeout": "3s",
+                       "check_timeout": "10s"})
+    daemon = DaemonProcess(write_config(work / "daemon.yaml", cfg))
+    n = Node(manager, daemon, work, config_file)
+    wait_until(lambda: manager.streams_opened >= 1, timeout=30, what="the command stream")
+    n.wait_healthy()
+    yield n
+    daemon.kill()
+    manager.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_valid_config_is_committed_written_0600_and_the_agent_restarted_with_it(node):
+    before = node.agent_pid()
+    status = node.push(GOOD)
+    assert status.state == "completed", status.message
+    assert "committed" in status.message
+    assert status.result.component == "agent_config" and status.result.success
+    assert status.result.old_version == "" and status.result.new_version == sha(GOOD)
+    assert node.config_file.read_bytes() == GOOD
+    assert stat.S_IMODE(os.stat(node.config_file).st_mode) == 0o600
+    assert node.agent_pid() != before, "the Agent was not restarted with the new config"
+    progress = [s.state for s in node.manager.statuses if s.command_id == status.command_id]
+    assert progress[:2] == ["verifying", "installing"] and progress[-1] == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_the_same_push_twice_is_a_no_op_completed_and_the_agent_is_not_restarted(node):
+    assert node.push(GOOD).state == "completed"
+    pid = node.agent_pid()
+    again = node.push(GOOD)
+    assert again.state == "completed" and "already effective" in again.message
+    assert again.result.old_version == again.result.new_version == sha(GOOD)
+    assert node.agent_pid() == pid
+
+
+@pytest.mark.timeout(120)
+def test_a_config_the_check_rejects_changes_nothing_and_the_check_output_is_in_the_status(node):
+    assert node.push(GOOD).state == "completed"
+    pid = node.agent_pid()
+    status = node.push(b"forbidden: yes\n")
+    assert status.state == "rejected"
+    assert status.message.startswith("D6001") and "exit code 4" in status.message
+    assert "'forbidden' is not a setting" in status.message and "nothing changed" in status.message
+    assert node.config_file.read_bytes() == GOOD
+    assert node.agent_pid() == pid
+
+
+@pytest.mark.timeout(120)
+def test_an_oversize_config_is_rejected_and_nothing_changes(node):
+    assert node.push(GOOD).state == "completed"
+    pid = node.agent_pid()
+    status = node.push(b"x" * 4097)
+    assert status.state == "rejected" and status.message.startswith("D6001")
+    assert "4097 bytes" in status.message and "max_agent_config_bytes" in status.message
+    assert node.config_file.read_bytes() == GOOD
+    assert node.agent_pid() == pid
+
+
+@pytest.mark.timeout(120)
+def test_a_config_that_crashes_the_agent_is_rolled_back_with_both_hashes_and_the_agent_is_healthy(node):
+    assert node.push(GOOD).state == "completed"
+    status = node.push(CRASH)
+    assert status.state == "rolled_back", status.message
+    assert status.result.rolled_back and not status.result.success
+    assert status.result.old_version == sha(GOOD) and status.result.new_version == sha(CRASH)
+    assert "exit with code 2 twice" in status.message
+    assert hashlib.sha256(GOOD).hexdigest()[:12] in status.message
+    assert hashlib.sha256(CRASH).hexdigest()[:12] in status.message
+    assert status.message.endswith("healthy")
+    assert node.config_file.read_bytes() == GOOD
+    node.wait_healthy()
+    warnings = [r for r in log_records(node.work) if r.get("code") == "D6001"]
+    assert warnings, "the rollback was not logged with its D-code"
+
+
+@pytest.mark.timeout(120)
+def test_a_config_that_stops_heartbeats_is_rolled_back(node):
+    assert node.push(GOOD).state == "completed"
+    status = node.push(SILENT)
+    assert status.state == "rolled_back", status.message
+    assert "heartbeat" in status.message
+    assert node.config_file.read_bytes() == GOOD
+    node.wait_healthy()
+
+
+@pytest.mark.timeout(120)
+def test_a_symlink_planted_at_the_config_file_is_refused_and_its_target_untouched(node, tmp_path):
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep me\n")
+    node.config_file.parent.mkdir(parents=True, exist_ok=True)
+    node.config_file.symlink_to(target)
+    status = node.push(GOOD)
+    assert status.state == "failed" and status.message.startswith("D6001")
+    assert target.read_bytes() == b"keep me\n"
+    assert node.config_file.is_symlink()
