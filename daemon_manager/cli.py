@@ -217,6 +217,51 @@ def push_update(db_path: str, node_id: str, package: str, manifest_dir: str) -> 
     click.echo(command_id)
 
 
+MAX_AGENT_CONFIG = 3 * 1024 * 1024  # the proto's 4 MiB message limit, with room; daemons cap lower
+
+
+@main.command("push-config")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@click.option("--agent-config", "agent_config", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The whole new content of the Agent's config file (agent.config_file).")
+def push_config(db_path: str, node_id: str, agent_config: str) -> None:
+    """Queue an agent_config command: the node checks, installs and verifies the file, then commits it
+    or rolls back to its last-known-good; prints the command id. Follow it with `configs`."""
+    from pathlib import Path
+
+    content = Path(agent_config).read_bytes()
+    if len(content) > MAX_AGENT_CONFIG:
+        raise click.ClickException(f"{agent_config} is {len(content)} bytes; at most {MAX_AGENT_CONFIG} "
+                                   "can be pushed (and the node's remote_config.max_agent_config_bytes)")
+    store = open_store(db_path)
+    if store.node(node_id) is None:
+        raise click.ClickException(f"unknown node {node_id!r}: it has never registered with this Manager")
+    click.echo(store.enqueue_command(node_id, {"type": "agent_config", "content": content}))
+
+
+@main.command("configs")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@FORMAT_OPTION
+def configs_cmd(db_path: str, node_id: str, fmt: str) -> None:
+    """A node's Agent config pushes with every state, and the config effective after them."""
+    data = open_store(db_path).configs(node_id)
+    if fmt == "json":
+        _json(data)
+        return
+    click.echo(f"effective agent config: {data['effective_agent_config'] or '(unknown: none committed)'}")
+    for p in data["pushes"]:
+        click.echo(f"{p['id']}  {p['sha256'][:19]}  {p['bytes']} bytes  {p['state']}  "
+                   f"(queued {_when(p['created_at'])})")
+        for st in p["statuses"]:
+            click.echo(f"    {_when(st['received_at'])}  {st['state']}  {st['message'] or ''}".rstrip())
+        r = p["result"]
+        if r:
+            click.echo(f"    result: {r['old_version'] or '(none)'} -> {r['new_version'] or '?'}"
+                       + (" (rolled back)" if r["rolled_back"] else ""))
+
+
 @main.command("updates")
 @DB_OPTION
 @click.option("--node", "node_id", required=True, help="Node id.")

@@ -6,6 +6,7 @@ the same file; WAL lets them read and write side by side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -36,6 +37,10 @@ CREATE INDEX IF NOT EXISTS status_by_command ON command_status (command_id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DELIVERABLE = ("queued", "sent")  # no status seen yet: delivered again when the node reconnects
+
+
+def _digest(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
 
 
 def _loads(text: str | None) -> Any:
@@ -161,7 +166,7 @@ class Store:
             msg.CopyFrom(command)
         kind = msg.WhichOneof("kind")
         if kind is None:
-            raise ValueError("a command needs a kind: update, rollback or agent")
+            raise ValueError("a command needs a kind: update, rollback, agent or agent_config")
         if not msg.id:
             msg.id = uuid.uuid4().hex
         now = time.time()
@@ -218,6 +223,9 @@ class Store:
             d = dict(row)
             cmd = messages.command_to_dict(pb.Command.FromString(d.pop("body")))
             cmd.pop("manifest", None)
+            content = cmd.pop("content", None)
+            if content is not None:
+                cmd["sha256"], cmd["bytes"] = _digest(content), len(content)
             d["command"] = cmd
             d["result"] = _loads(d.pop("result_json"))
             d["statuses"] = self.command_statuses(d["id"])
@@ -250,6 +258,27 @@ class Store:
                         "created_at": row["created_at"], "updated_at": row["updated_at"],
                         "result": _loads(row["result_json"]), "statuses": self.command_statuses(row["id"])})
         return out
+
+    def configs(self, node_id: str) -> dict[str, Any]:
+        """A node's Agent config pushes, oldest first (the content's sha256 and size, state, every
+        status, the result), and the config effective after the last one that ended: the pushed one
+        when it ended `completed`, the previous one when it was `rolled_back`."""
+        pushes, effective = [], ""
+        rows = self.db.execute("SELECT id, body, state, created_at, updated_at, result_json FROM commands "
+                               "WHERE node_id = ? AND kind = 'agent_config' ORDER BY created_at, id",
+                               (node_id,))
+        for row in rows:
+            content = pb.Command.FromString(row["body"]).agent_config.content
+            result = _loads(row["result_json"])
+            if result and row["state"] == "completed":
+                effective = result.get("new_version") or effective
+            elif result and row["state"] == "rolled_back":
+                effective = result.get("old_version") or effective
+            pushes.append({"id": row["id"], "sha256": _digest(content), "bytes": len(content),
+                           "state": row["state"], "created_at": row["created_at"],
+                           "updated_at": row["updated_at"], "result": result,
+                           "statuses": self.command_statuses(row["id"])})
+        return {"node_id": node_id, "effective_agent_config": effective, "pushes": pushes}
 
     # --- settings (e.g. the package server's address, written by `serve`) ---------------------------
 

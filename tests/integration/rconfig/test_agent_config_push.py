@@ -9,7 +9,6 @@ import os
 import shutil
 import stat
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -18,27 +17,14 @@ import pytest
 from daemon_app.proto import daemon_pb2 as pb
 from tests.contract.conftest import pki_dir  # noqa: F401 - the certificates, made once per module
 from tests.contract.independent_manager import IndependentManager
-from tests.helpers import (
-    DaemonProcess,
-    base_config,
-    sample_agent_executable,
-    short_tmpdir,
-    wait_until,
-    write_config,
-)
+from tests.helpers import DaemonProcess, short_tmpdir, wait_until, write_config
 from tests.integration.manager.conftest import log_records
+from tests.integration.rconfig.conftest import node_config
 
 TERMINAL = ("completed", "rolled_back", "failed", "rejected")
 GOOD = b"# agent settings v2\nlevel: debug\n"
 CRASH = b"exit-at-start: 2\n"
 SILENT = b"no-heartbeat: true\n"
-CHECKER = textwrap.dedent("""\
-    import sys
-    text = open(sys.argv[1]).read()
-    if "forbidden" in text:
-        print("line 1: 'forbidden' is not a setting")
-        sys.exit(4)
-    """)
 
 
 def sha(data: bytes) -> str:
@@ -74,34 +60,31 @@ class Node:
 
 
 @pytest.fixture
-def node(pki_dir, tmp_path):  # noqa: F811 - the imported fixture
-    manager = IndependentManager(pki_dir)
-    work = Path(short_tmpdir("rc"))
-    config_file = work / "agent" / "agent.conf"
-    checker = tmp_path / "check.py"
-    checker.write_text(CHECKER)
-    cfg = base_config(
-        work, daemon={"report_interval": "1s"},
-        manager={"address": manager.address, "heartbeat_interval": "500ms", "reconnect_interval": "200ms",
-                 "reconnect_max": "1s", "timeout": "5s",
-                 "tls": {"ca_file": str(pki_dir / "ca.crt"), "cert_file": str(pki_dir / "node-a.crt"),
-                         "key_file": str(pki_dir / "node-a.key")}},
-        agent={"enabled": True, "binary_path": sample_agent_executable(),
-               "args": ["--config", str(config_file), "--interval", "0.2"],
-               "config_file": str(config_file), "config_check": [sys.executable, str(checker)],
-               "stop_timeout": "3s", "start_seconds": "200ms",
-               "health_check": {"interval": "200ms", "heartbeat_timeout": "2s"},
-               "restart": {"backoff_base": "100ms", "backoff_max": "300ms", "max_retries": 20}},
-        remote_config={"enabled": True, "max_agent_config_bytes": 4096, "verify_timeout": "3s",
-                       "check_timeout": "10s"})
-    daemon = DaemonProcess(write_config(work / "daemon.yaml", cfg))
-    n = Node(manager, daemon, work, config_file)
-    wait_until(lambda: manager.streams_opened >= 1, timeout=30, what="the command stream")
-    n.wait_healthy()
-    yield n
-    daemon.kill()
-    manager.stop()
-    shutil.rmtree(work, ignore_errors=True)
+def start_node(pki_dir, tmp_path):  # noqa: F811 - the imported fixture
+    """start_node(**config_overrides): a daemon with the sample Agent, healthy, its stream open."""
+    started: list[tuple[IndependentManager, DaemonProcess, Path]] = []
+
+    def start(**overrides) -> Node:
+        manager = IndependentManager(pki_dir)
+        work = Path(short_tmpdir("rc"))
+        cfg = node_config(work, tmp_path, manager.address, pki_dir, **overrides)
+        daemon = DaemonProcess(write_config(work / "daemon.yaml", cfg))
+        started.append((manager, daemon, work))
+        n = Node(manager, daemon, work, Path(cfg["agent"]["config_file"]))
+        wait_until(lambda: manager.streams_opened >= 1, timeout=30, what="the command stream")
+        n.wait_healthy()
+        return n
+
+    yield start
+    for manager, daemon, work in started:
+        daemon.kill()
+        manager.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def node(start_node):
+    return start_node()
 
 
 @pytest.mark.timeout(120)
@@ -189,3 +172,24 @@ def test_a_symlink_planted_at_the_config_file_is_refused_and_its_target_untouche
     assert status.state == "failed" and status.message.startswith("D6001")
     assert target.read_bytes() == b"keep me\n"
     assert node.config_file.is_symlink()
+
+
+@pytest.mark.timeout(120)
+def test_a_config_check_that_hangs_is_killed_at_check_timeout_and_the_push_rejected(start_node, tmp_path):
+    hang = tmp_path / "hang.py"
+    hang.write_text("import time\nprint('checking...', flush=True)\ntime.sleep(600)\n")
+    n = start_node(agent={"config_check": [sys.executable, str(hang)]}, remote_config={"check_timeout": "1s"})
+    pid = n.agent_pid()
+    status = n.push(GOOD)
+    assert status.state == "rejected" and "timed out after 1s" in status.message
+    assert "checking..." in status.message
+    assert not n.config_file.exists() and n.agent_pid() == pid
+
+
+@pytest.mark.timeout(120)
+def test_with_remote_config_off_a_push_fails_with_d6001_and_nothing_is_written(start_node):
+    n = start_node(remote_config={"enabled": False})
+    status = n.push(GOOD)
+    assert status.state == "failed" and status.message.startswith("D6001")
+    assert "agent_config" in status.message
+    assert not n.config_file.exists()
