@@ -7,6 +7,11 @@ restarted with the new file, the Agent process running at the end must have sent
 most ONE Agent process may have ended meanwhile (a crash, or a restart by a failed health check):
 one blip is tolerated so that a transient does not roll a good config back; a second one fails the
 config at once.
+
+A journal (store.py) makes a push survive a kill -9 of the daemon: at the next start a push that
+had not swapped the file is answered `failed` (nothing changed); one that had is settled by
+restoring the last-known-good and verifying it (`rolled_back`); one that had ended gets its answer
+sent again. Either way the command gets its one terminal status and the Agent one known config.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +67,24 @@ class RemoteConfigService:
     def start(self) -> None:
         self.engine.command_handlers[COMPONENT] = self.handle_command
         self.engine.add_status("remote_config", lambda: self._last)
+        store = self._store()
+        try:
+            entry = store.journal()
+        except RemoteConfigError as exc:  # e.g. a planted symlink: refused, and the daemon runs on
+            log.error("%s; an interrupted push cannot be settled", exc, extra={"code": exc.code})
+            return
+        if entry is None:
+            return
+        cid = str(entry.get("command_id") or "")
+        log.warning("D6001 agent config %s was interrupted (phase %s); settling it", cid, entry.get("phase"),
+                    extra={"code": "D6001"})
+        self._busy = cid or "recovery"
+        threading.Thread(target=self._run, args=(cid, b"", lambda: self._recover(store, entry)),
+                         name="remote-config", daemon=True).start()
+
+    def _store(self) -> ConfigStore:
+        cfg = self.engine.cfg
+        return ConfigStore(cfg.agent.config_file, cfg.daemon.work_dir)
 
     def stop(self, deadline: float) -> None:
         """Nothing to stop: shutdown waits for a push in flight (it runs inside engine.busy)."""
@@ -92,25 +116,80 @@ class RemoteConfigService:
                              f"({self._busy}); nothing changed", "", digest(bytes(content)))
                 return
             self._busy = cid
-        threading.Thread(target=self._run, args=(cid, bytes(content)), name="remote-config",
-                         daemon=True).start()
+        data = bytes(content)
+        threading.Thread(target=self._run, args=(cid, data, lambda: self._push(cid, data)),
+                         name="remote-config", daemon=True).start()
 
-    def _run(self, cid: str, content: bytes) -> None:
+    def _run(self, cid: str, content: bytes, work: Callable[[], None]) -> None:
         try:
             with self.engine.busy(f"agent config {cid}"):
-                self._push(cid, content)
+                work()
         except Exception as exc:  # every push owes the Manager one answer
             code = exc.code if isinstance(exc, DaemonError) else "D6001"
             log.exception("agent config %s failed", cid)
             text = str(exc) if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
-            self._answer(cid, "failed", f"{code} agent config {cid}: {text}", "", digest(content))
+            self._answer(cid, "failed", f"{code} agent config {cid}: {text}{self._undo_after_error()}", "",
+                         digest(content) if content else "")
+            self._clear_journal()
         finally:
             with self._lock:
                 self._busy = ""
 
+    def _undo_after_error(self) -> str:
+        """After an unexpected error: put the last-known-good back if the new file may be in place."""
+        store = self._store()
+        try:
+            entry = store.journal()
+            if entry is None or entry.get("phase") != "swapping":
+                return ""
+            store.install(store.last_known_good())
+            verdict = self._apply_and_verify()
+        except Exception as exc:
+            log.exception("cannot restore the last known good agent config")
+            return f"; restoring the last known good failed too: {exc}"
+        return f"; restored {short(str(entry.get('old') or ''))}" + (
+            ", healthy" if verdict.healthy else f", still unhealthy: {verdict.why}")
+
+    def _clear_journal(self) -> None:
+        try:
+            self._store().clear_journal()
+        except OSError:
+            log.exception("cannot remove the remote config journal")
+
+    def _end(self, store: ConfigStore, cid: str, state: str, message: str, old: str, new: str, *,
+             rolled_back: bool = False) -> None:
+        """The terminal answer of a journaled push: recorded first, so a crash re-sends it, not redoes."""
+        store.write_journal("ended", answer={"state": state, "message": message, "old": old, "new": new,
+                                             "rolled_back": rolled_back})
+        self._answer(cid, state, message, old, new, rolled_back=rolled_back)
+        store.clear_journal()
+
+    def _recover(self, store: ConfigStore, entry: dict[str, Any]) -> None:
+        cid = str(entry.get("command_id") or "")
+        old, new = str(entry.get("old") or ""), str(entry.get("new") or "")
+        answer = entry.get("answer")
+        if entry.get("phase") == "ended" and isinstance(answer, dict):
+            self._answer(cid, str(answer.get("state")), str(answer.get("message")), old, new,
+                         rolled_back=bool(answer.get("rolled_back")))
+            store.clear_journal()
+            return
+        if entry.get("phase") != "swapping":
+            self._end(store, cid, "failed", f"D6001 agent config {short(new)}: the daemon stopped before it "
+                      "was installed; nothing changed", old, new)
+            return
+        store.install(store.last_known_good())
+        verdict = self._apply_and_verify()
+        reason = (f"config {short(new)} was not verified: the daemon stopped during the push; "
+                  f"restored {short(old)}")
+        if verdict.healthy:
+            self._end(store, cid, "rolled_back", f"D6001 {reason}, healthy", old, new, rolled_back=True)
+        else:
+            self._end(store, cid, "failed", f"D6001 {reason}, still unhealthy: {verdict.why}", old, new,
+                      rolled_back=True)
+
     def _push(self, cid: str, content: bytes) -> None:
         cfg = self.engine.cfg
-        store = ConfigStore(cfg.agent.config_file, cfg.daemon.work_dir)
+        store = self._store()
         new = digest(content)
         old_content = store.current()
         old = digest(old_content)
@@ -120,21 +199,23 @@ class RemoteConfigService:
             return
         if self.engine.agent is None:
             raise RemoteConfigError("agent supervision is off (agent.enabled: false)")
+        store.write_journal("started", command_id=cid, old=old, new=new)
         if cfg.agent.config_check:
             self._progress(cid, "verifying", 10.0, f"running agent.config_check on {short(new)}")
             check = store.check(list(cfg.agent.config_check), content, cfg.remote_config.check_timeout)
             if not check.ok:
-                self._answer(cid, "rejected", f"D6001 agent config {short(new)} rejected by "
-                             f"agent.config_check ({check.why}); nothing changed. "
-                             f"Output: {check.output or '(none)'}", old, new)
+                self._end(store, cid, "rejected", f"D6001 agent config {short(new)} rejected by "
+                          f"agent.config_check ({check.why}); nothing changed. "
+                          f"Output: {check.output or '(none)'}", old, new)
                 return
         store.keep_last_known_good(old_content)
+        store.write_journal("swapping")
         self._progress(cid, "installing", 40.0, f"installing agent config {short(new)}; restarting the Agent")
         store.install(content)
         verdict = self._apply_and_verify()
         if verdict.healthy:
-            self._answer(cid, "completed", f"agent config {short(new)} committed: the Agent heartbeated and "
-                         f"stayed healthy for {cfg.remote_config.verify_timeout:g}s", old, new)
+            self._end(store, cid, "completed", f"agent config {short(new)} committed: the Agent heartbeated "
+                      f"and stayed healthy for {cfg.remote_config.verify_timeout:g}s", old, new)
             return
         log.warning("D6001 agent config %s %s; restoring %s", short(new), verdict.why, short(old),
                     extra={"code": "D6001"})
@@ -142,10 +223,10 @@ class RemoteConfigService:
         again = self._apply_and_verify()
         reason = f"config {short(new)} {verdict.why}; restored {short(old)}"
         if again.healthy:
-            self._answer(cid, "rolled_back", f"D6001 {reason}, healthy", old, new, rolled_back=True)
+            self._end(store, cid, "rolled_back", f"D6001 {reason}, healthy", old, new, rolled_back=True)
         else:
-            self._answer(cid, "failed", f"D6001 {reason}, still unhealthy: {again.why}", old, new,
-                         rolled_back=True)
+            self._end(store, cid, "failed", f"D6001 {reason}, still unhealthy: {again.why}", old, new,
+                      rolled_back=True)
 
     # --- apply and verify -------------------------------------------------------------------------
 

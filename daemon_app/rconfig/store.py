@@ -6,6 +6,9 @@ never followed), like an update's files. State lives in <work_dir>/remote_config
   candidate            the pushed bytes while agent.config_check looks at them
   last_known_good      the content before the push ("absent" in last_known_good.json: there was none)
   last_known_good.json {"present": bool, "sha256": "sha256:<hex>"}
+  journal.json         the push in flight: {"command_id", "old", "new", "phase"}, phase "started"
+                       (file unchanged), "swapping" (the new file may be in place) or "ended"
+                       (with the answer); a daemon killed meanwhile settles it at its next start
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from daemon_app import fsutil
 from daemon_app.errors import RemoteConfigError
@@ -49,6 +53,7 @@ class ConfigStore:
         self.candidate = os.path.join(self.dir, "candidate")
         self.lkg = os.path.join(self.dir, "last_known_good")
         self.lkg_meta = os.path.join(self.dir, "last_known_good.json")
+        self.journal_path = os.path.join(self.dir, "journal.json")
 
     def _private(self) -> None:
         try:
@@ -86,6 +91,24 @@ class ConfigStore:
         if not isinstance(meta, dict) or not meta.get("present"):
             return None
         return self._read(self.lkg, "last known good")
+
+    def journal(self) -> dict[str, Any] | None:
+        try:
+            data = fsutil.read_json(self.journal_path, limit=64 * 1024)
+        except (OSError, ValueError) as exc:
+            raise RemoteConfigError(f"remote config: {self.journal_path}: {exc}") from None
+        return data if isinstance(data, dict) else None
+
+    def write_journal(self, phase: str, **fields: Any) -> None:
+        self._private()
+        data = self.journal() or {}
+        data.update(fields, phase=phase)
+        fsutil.write_json(self.journal_path, data)
+
+    def clear_journal(self) -> None:
+        fsutil.unlink_quietly(self.journal_path)
+        if os.path.isdir(self.dir):
+            fsutil.fsync_dir(self.dir)
 
     def install(self, data: bytes | None) -> None:
         """Make `data` the Agent's config file (None: remove it), atomically and durably."""

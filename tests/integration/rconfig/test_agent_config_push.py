@@ -17,7 +17,7 @@ import pytest
 from daemon_app.proto import daemon_pb2 as pb
 from tests.contract.conftest import pki_dir  # noqa: F401 - the certificates, made once per module
 from tests.contract.independent_manager import IndependentManager
-from tests.helpers import DaemonProcess, short_tmpdir, wait_until, write_config
+from tests.helpers import DaemonProcess, end_process, short_tmpdir, wait_until, write_config
 from tests.integration.manager.conftest import log_records
 from tests.integration.rconfig.conftest import node_config
 
@@ -193,3 +193,56 @@ def test_with_remote_config_off_a_push_fails_with_d6001_and_nothing_is_written(s
     assert status.state == "failed" and status.message.startswith("D6001")
     assert "agent_config" in status.message
     assert not n.config_file.exists()
+
+
+@pytest.mark.timeout(150)
+def test_kill_9_of_the_daemon_during_verify_is_settled_at_the_next_start_with_one_consistent_config(
+        start_node):
+    n = start_node(remote_config={"verify_timeout": "60s"})
+    cid = "cfg-killed"
+    n.manager.push(pb.Command(id=cid, agent_config=pb.AgentConfigCommand(content=CRASH)))
+    wait_until(lambda: n.config_file.exists() and n.config_file.read_bytes() == CRASH, timeout=30,
+               what="the pushed file in place")
+    n.daemon.proc.kill()  # SIGKILL in the middle of verification
+    n.daemon.proc.wait(10)
+    assert not n.terminal(cid)
+    config = Path(n.daemon.config_path)
+    config.write_text(config.read_text().replace("verify_timeout: 60s", "verify_timeout: 3s"))
+    again = DaemonProcess(str(config))
+    try:
+        status = wait_until(lambda: n.terminal(cid), timeout=60, what="the interrupted push settled")[0]
+        assert status.state == "rolled_back", status.message
+        assert "the daemon stopped during the push" in status.message and status.message.endswith("healthy")
+        assert status.result.old_version == "" and status.result.new_version == sha(CRASH)
+        assert not n.config_file.exists(), "the file before the push (none) was not restored"
+        assert not (n.work / "remote_config" / "journal.json").exists()
+        n.wait_healthy()
+        assert len(n.terminal(cid)) == 1
+        assert n.push(GOOD).state == "completed", "a push after the recovery"
+    finally:
+        again.kill()
+
+
+@pytest.mark.timeout(150)
+def test_kill_9_of_the_daemon_during_config_check_is_answered_failed_at_the_next_start_nothing_changed(
+        start_node, tmp_path):
+    slow = tmp_path / "slow.py"
+    pid_file = tmp_path / "check.pid"
+    slow.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                    "time.sleep(600)\n")
+    n = start_node(agent={"config_check": [sys.executable, str(slow)]}, remote_config={"check_timeout": "5m"})
+    pid = n.agent_pid()
+    cid = "cfg-killed-in-check"
+    n.manager.push(pb.Command(id=cid, agent_config=pb.AgentConfigCommand(content=GOOD)))
+    wait_until(lambda: any(s.command_id == cid and s.state == "verifying" for s in n.manager.statuses),
+               timeout=30, what="the check running")
+    n.daemon.proc.kill()
+    n.daemon.proc.wait(10)
+    again = DaemonProcess(n.daemon.config_path)
+    try:
+        status = wait_until(lambda: n.terminal(cid), timeout=60, what="the interrupted push answered")[0]
+        assert status.state == "failed" and "before it was installed; nothing changed" in status.message
+        assert not n.config_file.exists() and n.agent_pid() == pid
+    finally:
+        again.kill()
+        end_process(int(pid_file.read_text()))  # the check the killed daemon left behind
