@@ -9,7 +9,8 @@ Python standard library only. The fault flags make it misbehave on purpose, for 
   --exit-at-start CODE   exit at once with CODE
   --config FILE          read "key: value" lines from FILE at start (a missing file is fine):
                          exit-at-start: CODE, no-heartbeat: true, crash-after: N override the flags,
-                         so a pushed config can make it crash or go silent (remote config tests)
+                         so a pushed config can make it crash or go silent (remote config tests);
+                         crash-once: PATH exits with code 5 at start unless PATH exists (creating it)
 SIGTERM exits cleanly (code 0). When the socket goes away it reconnects.
 """
 
@@ -66,6 +67,9 @@ def apply_config(args: argparse.Namespace, path: str) -> None:
             args.no_heartbeat = value.lower() == "true"
         elif key == "crash-after":
             args.crash_after = float(value)
+        elif key == "crash-once" and value and not os.path.exists(value):
+            open(value, "w").close()
+            args.exit_at_start = 5
 
 
 def log(message: str) -> None:

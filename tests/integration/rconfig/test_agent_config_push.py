@@ -246,3 +246,13 @@ def test_kill_9_of_the_daemon_during_config_check_is_answered_failed_at_the_next
     finally:
         again.kill()
         end_process(int(pid_file.read_text()))  # the check the killed daemon left behind
+
+
+@pytest.mark.timeout(120)
+def test_one_crash_during_verify_is_tolerated_and_the_config_committed(node, tmp_path):
+    marker = tmp_path / "crashed-once"
+    content = f"crash-once: {marker}\n".encode()
+    status = node.push(content)
+    assert status.state == "completed", status.message
+    assert marker.exists(), "the Agent did not crash once: the tolerance was not exercised"
+    assert node.config_file.read_bytes() == content
