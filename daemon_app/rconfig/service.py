@@ -199,6 +199,12 @@ class RemoteConfigService:
             return
         if self.engine.agent is None:
             raise RemoteConfigError("agent supervision is off (agent.enabled: false)")
+        vetoes = self.engine.plugins.vetoes("pre_config", request={
+            "command_id": cid, "kind": COMPONENT, "old": old, "new": new, "size": len(content)})
+        if vetoes:
+            self._answer(cid, "rejected", f"D6001 agent config {short(new)} vetoed {'; '.join(vetoes)}; "
+                         "nothing changed", old, new)
+            return
         store.write_journal("started", command_id=cid, old=old, new=new)
         if cfg.agent.config_check:
             self._progress(cid, "verifying", 10.0, f"running agent.config_check on {short(new)}")
@@ -282,6 +288,9 @@ class RemoteConfigService:
         self._last = {"id": cid, "state": state, "message": message, "old": old, "new": new,
                       "time": time.time()}
         self._send(cid, state, 100.0, message, result)
+        self.engine.plugins.call_each("post_config", result={
+            "command_id": cid, "kind": COMPONENT, "state": state, "message": message, "old_version": old,
+            "new_version": new, "rolled_back": rolled_back})
 
     def _send(self, cid: str, state: str, percent: float, message: str,
               result: dict[str, Any] | None) -> None:
