@@ -251,6 +251,10 @@ def configs_cmd(db_path: str, node_id: str, fmt: str) -> None:
         _json(data)
         return
     click.echo(f"effective agent config: {data['effective_agent_config'] or '(unknown: none committed)'}")
+    reported = data["reported_agent_config"]
+    drift = " (DRIFT: not what the pushes left)" if reported and data["effective_agent_config"] and \
+        reported != data["effective_agent_config"] else ""
+    click.echo(f"reported by heartbeat:  {reported or '(none)'}{drift}")
     for p in data["pushes"]:
         click.echo(f"{p['id']}  {p['sha256'][:19]}  {p['bytes']} bytes  {p['state']}  "
                    f"(queued {_when(p['created_at'])})")

@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 DELIVERABLE = ("queued", "sent")  # no status seen yet: delivered again when the node reconnects
 
 
+_REPORTED_HASH = "agent_config_hash/"  # settings key prefix: the hash a node's last heartbeat carried
+
+
 def _digest(content: bytes) -> str:
     return "sha256:" + hashlib.sha256(content).hexdigest()
 
@@ -97,8 +100,12 @@ class Store:
         out["agent_status"] = _loads(out.pop("agent_status_json"))
         return out
 
-    def heartbeat(self, node_id: str, agent: dict[str, Any] | None, depth: int, dropped: int) -> None:
+    def heartbeat(self, node_id: str, agent: dict[str, Any] | None, depth: int, dropped: int,
+                  agent_config_hash: str = "") -> None:
         with self.db:
+            if agent_config_hash:
+                self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                                "SET value = excluded.value", (_REPORTED_HASH + node_id, agent_config_hash))
             self.db.execute("UPDATE nodes SET last_seen=?, outbox_depth=?, outbox_dropped=? WHERE node_id=?",
                             (time.time(), depth, dropped, node_id))
             if agent is not None:
@@ -278,7 +285,8 @@ class Store:
                            "state": row["state"], "created_at": row["created_at"],
                            "updated_at": row["updated_at"], "result": result,
                            "statuses": self.command_statuses(row["id"])})
-        return {"node_id": node_id, "effective_agent_config": effective, "pushes": pushes}
+        return {"node_id": node_id, "effective_agent_config": effective,
+                "reported_agent_config": self.setting(_REPORTED_HASH + node_id) or "", "pushes": pushes}
 
     # --- settings (e.g. the package server's address, written by `serve`) ---------------------------
 

@@ -572,6 +572,9 @@ class ManagerLink:
             agent = messages.agent_status_to_pb(self.engine.agent.agent_status())
             if agent is not None:
                 req.agent_status.CopyFrom(agent)
+        remote_config = getattr(self.engine, "remote_config", None)
+        if remote_config is not None:
+            req.agent_config_hash = remote_config.effective_hash
         resp = await stub.Heartbeat(req, timeout=self._call_timeout())
         self._contact()
         self._heartbeat_override = resp.next_interval_ms / 1000.0  # 0: back to manager.heartbeat_interval

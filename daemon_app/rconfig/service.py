@@ -63,11 +63,13 @@ class RemoteConfigService:
         self._lock = threading.Lock()
         self._busy = ""
         self._last: dict[str, Any] | None = None
+        self.effective_hash = ""  # of the Agent's config file as in effect; heartbeats carry it
 
     def start(self) -> None:
         self.engine.command_handlers[COMPONENT] = self.handle_command
         self.engine.add_status("remote_config", lambda: self._last)
         store = self._store()
+        self._refresh_hash(store)
         try:
             entry = store.journal()
         except RemoteConfigError as exc:  # e.g. a planted symlink: refused, and the daemon runs on
@@ -81,6 +83,14 @@ class RemoteConfigService:
         self._busy = cid or "recovery"
         threading.Thread(target=self._run, args=(cid, b"", lambda: self._recover(store, entry)),
                          name="remote-config", daemon=True).start()
+
+    def _refresh_hash(self, store: ConfigStore) -> None:
+        """Read from the file itself, so that what heartbeats say is what the Agent was given."""
+        try:
+            self.effective_hash = digest(store.current())
+        except RemoteConfigError as exc:
+            log.error("%s", exc, extra={"code": exc.code})
+            self.effective_hash = ""
 
     def _store(self) -> ConfigStore:
         cfg = self.engine.cfg
@@ -287,6 +297,7 @@ class RemoteConfigService:
                   "rolled_back": rolled_back, "component": COMPONENT}
         self._last = {"id": cid, "state": state, "message": message, "old": old, "new": new,
                       "time": time.time()}
+        self._refresh_hash(self._store())
         self._send(cid, state, 100.0, message, result)
         self.engine.plugins.call_each("post_config", result={
             "command_id": cid, "kind": COMPONENT, "state": state, "message": message, "old_version": old,

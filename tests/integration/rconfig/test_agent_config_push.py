@@ -100,6 +100,9 @@ def test_a_valid_config_is_committed_written_0600_and_the_agent_restarted_with_i
     assert node.agent_pid() != before, "the Agent was not restarted with the new config"
     progress = [s.state for s in node.manager.statuses if s.command_id == status.command_id]
     assert progress[:2] == ["verifying", "installing"] and progress[-1] == "completed"
+    seen = node.manager.heartbeat_count()
+    wait_until(lambda: any(hb.agent_config_hash == sha(GOOD) for _, hb in node.manager.heartbeats[seen:]),
+               timeout=30, what="a heartbeat carrying the committed config's hash")
 
 
 @pytest.mark.timeout(120)
@@ -148,6 +151,8 @@ def test_a_config_that_crashes_the_agent_is_rolled_back_with_both_hashes_and_the
     assert status.message.endswith("healthy")
     assert node.config_file.read_bytes() == GOOD
     node.wait_healthy()
+    with node.manager.lock:
+        assert node.manager.heartbeats[-1][1].agent_config_hash == sha(GOOD), "another config reported"
     warnings = [r for r in log_records(node.work) if r.get("code") == "D6001"]
     assert warnings, "the rollback was not logged with its D-code"
 

@@ -76,9 +76,12 @@ def test_push_config_then_configs_shows_committed_and_rolled_back_pushes_and_the
         result = second["result"]
         assert result["old_version"] == _sha(GOOD) and result["new_version"] == _sha(CRASH)
         assert configs()["effective_agent_config"] == _sha(GOOD)
+        wait_until(lambda: configs()["reported_agent_config"] == _sha(GOOD), timeout=30,
+                   what="the node's heartbeat reporting the restored config")
 
         text = _cli("configs", "--db", db, "--node", node_id).stdout
-        assert f"effective agent config: {_sha(GOOD)}" in text
+        assert f"effective agent config: {_sha(GOOD)}" in text and "DRIFT" not in text
+        assert f"reported by heartbeat:  {_sha(GOOD)}" in text
         assert "rolled_back" in text and "(rolled back)" in text and "exit with code 2 twice" in text
         listing = _cli("commands", "--db", db, "--node", node_id, "--format", "json")
         assert listing.returncode == 0 and "agent_config" in listing.stdout
