@@ -698,6 +698,9 @@ class Engine:
         if self.manager is not None and not cfg.manager.address:
             self._drop_service(self.manager, deadline)
             self._detach(self.manager)
+        if self.remote_config is not None and not cfg.remote_config.enabled:
+            self._drop_service(self.remote_config, deadline)
+            self._detach(self.remote_config)
         for service in list(self.services):
             try:
                 service.reload(cfg)

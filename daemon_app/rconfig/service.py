@@ -97,7 +97,10 @@ class RemoteConfigService:
         return ConfigStore(cfg.agent.config_file, cfg.daemon.work_dir)
 
     def stop(self, deadline: float) -> None:
-        """Nothing to stop: shutdown waits for a push in flight (it runs inside engine.busy)."""
+        """Take no more pushes (remote_config.enabled turned off by a reload). Shutdown itself
+        waits for a push in flight: it runs inside engine.busy."""
+        self.engine.command_handlers.pop(COMPONENT, None)
+        self.engine.status_providers.pop("remote_config", None)
 
     def reload(self, cfg: Any) -> None:
         """Each push reads the engine's config of the moment."""

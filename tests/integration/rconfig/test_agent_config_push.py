@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import sys
 import uuid
@@ -301,3 +302,17 @@ def test_a_pre_config_plugin_vetoes_a_push_and_post_config_sees_every_answer(sta
         assert json.loads(seen[-1])["new_version"] == sha(GOOD)
     finally:
         n.daemon.kill()
+
+
+@pytest.mark.timeout(120)
+def test_a_reload_that_turns_remote_config_off_stops_taking_pushes(node):
+    assert node.push(GOOD).state == "completed"
+    config = Path(node.daemon.config_path)
+    config.write_text(config.read_text().replace("enabled: true\n  max_agent_config_bytes",
+                                                 "enabled: false\n  max_agent_config_bytes"))
+    node.daemon.signal(signal.SIGHUP)
+    wait_until(lambda: any("configuration reloaded" in r["message"] and "remote_config" in r["message"]
+                           for r in log_records(node.work)), timeout=30, what="the reload")
+    status = node.push(b"level: warn\n")
+    assert status.state == "failed" and "no handler for command type 'agent_config'" in status.message
+    assert node.config_file.read_bytes() == GOOD
