@@ -123,6 +123,13 @@ class RemoteConfigService:
             self._answer(cid, "rejected", f"D6001 agent config {cid}: {len(content)} bytes is larger than "
                          f"remote_config.max_agent_config_bytes ({cap}); nothing changed", "", "")
             return
+        updates = self.engine.updates
+        job = updates.status() if updates is not None else None
+        if job:  # both would stop and start the Agent: one at a time
+            self._answer(cid, "failed", f"D6001 agent config {cid}: an update is in progress "
+                         f"({job.get('kind')} of {job.get('component')}, id {job.get('id')}); "
+                         "nothing changed", "", digest(bytes(content)))
+            return
         with self._lock:
             if self._busy:
                 self._answer(cid, "failed", f"D6001 agent config {cid}: another push is in progress "
