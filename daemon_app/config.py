@@ -13,6 +13,7 @@ messages quote at most a short excerpt of a bad value.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -25,6 +26,8 @@ from typing import Any
 import yaml
 
 from daemon_app.errors import ConfigLoadError, ConfigValidateError
+
+log = logging.getLogger(__name__)
 
 ENV_CONFIG = "DAEMON_CONFIG"
 
@@ -412,6 +415,10 @@ SCHEMA: dict[str, Any] = {
                                help="agent.config_check is killed after this"),
         "verify_timeout": Field("60s", "duration", minimum=0.1,
                                 help="the Agent must stay healthy this long after a push, else rolled back"),
+        "allowed_keys": Field(["collectors.*.enabled", "collectors.*.interval", "collectors.*.timeout",
+                               "daemon.report_interval", "daemon.log_level", "daemon.labels",
+                               "agent.health_check.*"], "list[str]",
+                              help="daemon settings the Manager may set (fnmatch patterns over dotted keys)"),
     },
     "plugins": {
         "dir": Field("plugins", "str", under_work_dir=True),
@@ -643,7 +650,20 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     path = os.fspath(path)
     raw, duplicates = _load_yaml(path)
     # An empty file (or only comments) is the defaults, as configs/daemon.yaml promises.
-    return validate(raw, source=path, problems=duplicates)
+    cfg = validate(raw, source=path, problems=list(duplicates))
+    if not cfg.remote_config.enabled:
+        return cfg
+    from daemon_app import remote_settings
+
+    values = remote_settings.read(cfg.daemon.work_dir)
+    if not values:
+        return cfg
+    try:  # the Manager's daemon settings over the file (checked when they were set)
+        return validate(remote_settings.merged(raw, values), source=path, problems=list(duplicates))
+    except ConfigValidateError as exc:
+        log.error("D1002 remote settings ignored, the config file alone applies: %s", "; ".join(exc.problems),
+                  extra={"code": "D1002"})
+        return cfg
 
 
 def read_raw(path: str) -> Any:

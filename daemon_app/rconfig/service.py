@@ -1,5 +1,6 @@
-"""Remote Agent config (Manager command `agent_config`): validate, swap, apply, verify, then commit or
-roll back to the last-known-good, and answer with exactly one terminal status.
+"""Remote config: the Manager commands `agent_config` (validate, swap, apply, verify, then commit or
+roll back to the last-known-good) and `daemon_settings` (allow-listed keys, checked by the schema,
+applied by a reload), each answered with exactly one terminal status.
 
 One push at a time, on its own thread `remote-config` (inside `engine.busy`, so shutdown waits).
 The verify rule (docs/contract.md): within `remote_config.verify_timeout` after the Agent was
@@ -23,13 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon_app import config as config_mod
+from daemon_app import remote_settings
 from daemon_app.agent.snapshot import AgentState, LastExit
-from daemon_app.errors import DaemonError, RemoteConfigError
+from daemon_app.errors import ConfigValidateError, DaemonError, RemoteConfigError
 from daemon_app.rconfig.store import ConfigStore, digest, short
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "agent_config"
+SETTINGS = "daemon_settings"
 POLL = 0.1
 
 
@@ -64,9 +68,12 @@ class RemoteConfigService:
         self._busy = ""
         self._last: dict[str, Any] | None = None
         self.effective_hash = ""  # of the Agent's config file as in effect; heartbeats carry it
+        self.settings_hash = ""  # of the daemon settings set remotely; heartbeats carry it too
 
     def start(self) -> None:
         self.engine.command_handlers[COMPONENT] = self.handle_command
+        self.engine.command_handlers[SETTINGS] = self.handle_settings
+        self.settings_hash = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
         self.engine.add_status("remote_config", lambda: self._last)
         store = self._store()
         self._refresh_hash(store)
@@ -100,6 +107,7 @@ class RemoteConfigService:
         """Take no more pushes (remote_config.enabled turned off by a reload). Shutdown itself
         waits for a push in flight: it runs inside engine.busy."""
         self.engine.command_handlers.pop(COMPONENT, None)
+        self.engine.command_handlers.pop(SETTINGS, None)
         self.engine.status_providers.pop("remote_config", None)
 
     def reload(self, cfg: Any) -> None:
@@ -139,6 +147,72 @@ class RemoteConfigService:
         data = bytes(content)
         threading.Thread(target=self._run, args=(cid, data, lambda: self._push(cid, data)),
                          name="remote-config", daemon=True).start()
+
+    def handle_settings(self, command: dict[str, Any]) -> None:
+        """{"id", "type": "daemon_settings", "values": {dotted key: text}}; returns at once."""
+        cid = str(command.get("id") or "")
+        values = command.get("values")
+
+        def reject(why: str) -> None:
+            self._answer(cid, "rejected", f"D6001 daemon settings {cid}: {why}; nothing changed", "", "",
+                         component=SETTINGS)
+
+        if not isinstance(values, dict) or not values:
+            return reject("no settings in the command")
+        if len(values) > remote_settings.MAX_KEYS:
+            return reject(f"{len(values)} settings, at most {remote_settings.MAX_KEYS}")
+        for key, value in values.items():
+            if not isinstance(key, str) or not isinstance(value, str) or len(key) > remote_settings.MAX_KEY \
+                    or len(value) > remote_settings.MAX_VALUE:
+                return reject(f"setting {str(key)[:60]!r}: keys of at most {remote_settings.MAX_KEY} and "
+                              f"values of at most {remote_settings.MAX_VALUE} characters")
+        allowed = list(self.engine.cfg.remote_config.allowed_keys)
+        refused = sorted(k for k in values if not remote_settings.settable(k, allowed))
+        if refused:
+            return reject(f"not settable remotely: {', '.join(refused)} (remote_config.allowed_keys; code, "
+                          "files and trust never are)")
+        parsed = {k: remote_settings.parse_value(v) for k, v in values.items()}
+        with self._lock:
+            if self._busy:
+                self._answer(cid, "failed", f"D6001 daemon settings {cid}: a push is in progress "
+                             f"({self._busy}); nothing changed", "", "", component=SETTINGS)
+                return
+            self._busy = cid
+        threading.Thread(target=self._run, args=(cid, b"", lambda: self._apply_settings(cid, parsed)),
+                         name="remote-config", daemon=True).start()
+
+    def _apply_settings(self, cid: str, values: dict[str, Any]) -> None:
+        """Check the settings with the config file through the schema, keep them, reload; a reload
+        the engine refuses puts the previous settings back (rolled_back)."""
+        e = self.engine
+        work_dir, source = e.cfg.daemon.work_dir, e.cfg.source
+        current = remote_settings.read(work_dir)
+        new = {**current, **values}
+        old_h, new_h = remote_settings.digest(current), remote_settings.digest(new)
+
+        def answer(state: str, message: str, rolled_back: bool = False) -> None:
+            self._answer(cid, state, message, old_h, new_h, rolled_back=rolled_back, component=SETTINGS)
+
+        if new == current:
+            return answer("completed", f"daemon settings {short(new_h)} are already in effect; nothing to do")
+        if source == "<defaults>":
+            return answer("failed", f"D6001 daemon settings {cid}: the daemon runs without a config file")
+        try:
+            config_mod.validate(remote_settings.merged(config_mod.read_raw(source), new), source=source)
+        except ConfigValidateError as exc:
+            return answer("rejected", f"D1002 daemon settings {cid} rejected, nothing changed: "
+                          + "; ".join(exc.problems))
+        remote_settings.write(work_dir, new)
+        result = e.call(lambda: e.reload(f"daemon settings {cid}"), timeout=120.0)
+        if result.get("reloaded"):
+            later = result.get("restart_required") or []
+            return answer("completed", f"daemon settings {short(new_h)} applied: "
+                          f"{', '.join(result.get('changed') or []) or 'no changes'}"
+                          + (f"; at the next restart: {', '.join(later)}" if later else ""))
+        remote_settings.write(work_dir, current)
+        e.call(lambda: e.reload(f"daemon settings {cid} undone"), timeout=120.0)
+        answer("rolled_back", f"D6001 daemon settings {short(new_h)}: the reload was refused "
+               f"({'; '.join(result.get('errors') or [])}); restored {short(old_h)}", rolled_back=True)
 
     def _run(self, cid: str, content: bytes, work: Callable[[], None]) -> None:
         try:
@@ -300,17 +374,18 @@ class RemoteConfigService:
         self._send(cid, state, percent, message, None)
 
     def _answer(self, cid: str, state: str, message: str, old: str, new: str, *,
-                rolled_back: bool = False) -> None:
+                rolled_back: bool = False, component: str = COMPONENT) -> None:
         ok = state == "completed"
         (log.info if ok else log.warning)("agent config %s: %s %s", cid, state, message)
         result = {"success": ok, "old_version": old, "new_version": new, "error": "" if ok else message,
-                  "rolled_back": rolled_back, "component": COMPONENT}
+                  "rolled_back": rolled_back, "component": component}
         self._last = {"id": cid, "state": state, "message": message, "old": old, "new": new,
                       "time": time.time()}
         self._refresh_hash(self._store())
+        self.settings_hash = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
         self._send(cid, state, 100.0, message, result)
         self.engine.plugins.call_each("post_config", result={
-            "command_id": cid, "kind": COMPONENT, "state": state, "message": message, "old_version": old,
+            "command_id": cid, "kind": component, "state": state, "message": message, "old_version": old,
             "new_version": new, "rolled_back": rolled_back})
 
     def _send(self, cid: str, state: str, percent: float, message: str,
