@@ -40,6 +40,7 @@ DELIVERABLE = ("queued", "sent")  # no status seen yet: delivered again when the
 
 
 _REPORTED_HASH = "agent_config_hash/"  # settings key prefix: the hash a node's last heartbeat carried
+_REPORTED_SETTINGS = "daemon_settings_hash/"
 
 
 def _digest(content: bytes) -> str:
@@ -101,11 +102,13 @@ class Store:
         return out
 
     def heartbeat(self, node_id: str, agent: dict[str, Any] | None, depth: int, dropped: int,
-                  agent_config_hash: str = "") -> None:
+                  agent_config_hash: str = "", daemon_settings_hash: str = "") -> None:
         with self.db:
-            if agent_config_hash:
-                self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                                "SET value = excluded.value", (_REPORTED_HASH + node_id, agent_config_hash))
+            reported = ((_REPORTED_HASH, agent_config_hash), (_REPORTED_SETTINGS, daemon_settings_hash))
+            for prefix, value in reported:
+                if value:
+                    self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                                    "DO UPDATE SET value = excluded.value", (prefix + node_id, value))
             self.db.execute("UPDATE nodes SET last_seen=?, outbox_depth=?, outbox_dropped=? WHERE node_id=?",
                             (time.time(), depth, dropped, node_id))
             if agent is not None:
@@ -271,22 +274,28 @@ class Store:
         status, the result), and the config effective after the last one that ended: the pushed one
         when it ended `completed`, the previous one when it was `rolled_back`."""
         pushes, effective = [], ""
-        rows = self.db.execute("SELECT id, body, state, created_at, updated_at, result_json FROM commands "
-                               "WHERE node_id = ? AND kind = 'agent_config' ORDER BY created_at, id",
-                               (node_id,))
+        rows = self.db.execute("SELECT id, kind, body, state, created_at, updated_at, result_json "
+                               "FROM commands WHERE node_id = ? AND kind IN ('agent_config', "
+                               "'daemon_settings') ORDER BY created_at, id", (node_id,))
         for row in rows:
-            content = pb.Command.FromString(row["body"]).agent_config.content
+            cmd = pb.Command.FromString(row["body"])
             result = _loads(row["result_json"])
+            common = {"id": row["id"], "kind": row["kind"], "state": row["state"],
+                      "created_at": row["created_at"], "updated_at": row["updated_at"], "result": result,
+                      "statuses": self.command_statuses(row["id"])}
+            if row["kind"] == "daemon_settings":
+                pushes.append({**common, "values": dict(cmd.daemon_settings.values)})
+                continue
+            content = cmd.agent_config.content
             if result and row["state"] == "completed":
                 effective = result.get("new_version") or effective
             elif result and row["state"] == "rolled_back":
                 effective = result.get("old_version") or effective
-            pushes.append({"id": row["id"], "sha256": _digest(content), "bytes": len(content),
-                           "state": row["state"], "created_at": row["created_at"],
-                           "updated_at": row["updated_at"], "result": result,
-                           "statuses": self.command_statuses(row["id"])})
+            pushes.append({**common, "sha256": _digest(content), "bytes": len(content)})
         return {"node_id": node_id, "effective_agent_config": effective,
-                "reported_agent_config": self.setting(_REPORTED_HASH + node_id) or "", "pushes": pushes}
+                "reported_agent_config": self.setting(_REPORTED_HASH + node_id) or "",
+                "reported_daemon_settings": self.setting(_REPORTED_SETTINGS + node_id) or "",
+                "pushes": pushes}
 
     # --- settings (e.g. the package server's address, written by `serve`) ---------------------------
 

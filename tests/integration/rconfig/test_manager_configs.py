@@ -92,6 +92,20 @@ def test_push_config_then_configs_shows_committed_and_rolled_back_pushes_and_the
         huge = _push(db, node_id, tmp_path / "huge.conf")
         assert huge.returncode != 0 and "at most" in huge.stderr
         assert len(configs()["pushes"]) == 2, "a refused push-config was queued anyway"
+
+        both = _cli("push-config", "--db", db, "--node", node_id, "--set", "daemon.report_interval=2s",
+                    "--agent-config", str(tmp_path / "good.conf"))
+        assert both.returncode != 0 and "either --agent-config" in both.stderr
+        settings = _cli("push-config", "--db", db, "--node", node_id, "--set", "daemon.report_interval=2s",
+                        "--set", "agent.health_check.interval=250ms")
+        assert settings.returncode == 0, settings.stderr
+        third = wait_until(lambda: ended(settings.stdout.strip()), timeout=60, what="the settings to end")
+        assert third["state"] == "completed" and third["kind"] == "daemon_settings"
+        assert third["values"] == {"daemon.report_interval": "2s", "agent.health_check.interval": "250ms"}
+        wait_until(lambda: configs()["reported_daemon_settings"] == third["result"]["new_version"],
+                   timeout=30, what="the node's heartbeat reporting the settings")
+        text = _cli("configs", "--db", db, "--node", node_id).stdout
+        assert "settings agent.health_check.interval=250ms, daemon.report_interval=2s  completed" in text
     finally:
         manager.stop()
         shutil.rmtree(work, ignore_errors=True)
