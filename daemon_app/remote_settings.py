@@ -30,7 +30,8 @@ MAX_FILE = 256 * 1024
 # Code, files, trust and the remote config itself: never, even if allowed_keys names them.
 NEVER = ["manager.*", "update.*", "plugins.*", "remote_config.*", "prometheus.*", "daemon.work_dir",
          "daemon.id", "daemon.control_socket", "agent.binary_path", "agent.args", "agent.config_check",
-         "agent.work_dir", "agent.socket_*", "agent.enabled", "*_file", "*_path", "*_dir", "*.tls.*"]
+         "agent.work_dir", "agent.socket_*", "agent.enabled", "*_file", "*_path", "*_dir", "*.tls.*",
+         "*.path", "*.file", "*.dir"]
 
 
 def settable(key: str, allowed: list[str]) -> bool:
