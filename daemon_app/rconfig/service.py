@@ -58,7 +58,8 @@ def _describe(ends: list[str]) -> str:
 
 
 class RemoteConfigService:
-    """Engine service "remote_config": the `agent_config` command handler and its status section."""
+    """Engine service "remote_config": the `agent_config` and `daemon_settings` command handlers,
+    the hashes heartbeats carry, and its status section."""
 
     name = "remote_config"
 
@@ -178,8 +179,8 @@ class RemoteConfigService:
                              f"({self._busy}); nothing changed", "", "", component=SETTINGS)
                 return
             self._busy = cid
-        threading.Thread(target=self._run, args=(cid, b"", lambda: self._apply_settings(cid, parsed)),
-                         name="remote-config", daemon=True).start()
+        threading.Thread(target=self._run, args=(cid, b"", lambda: self._apply_settings(cid, parsed),
+                                                 SETTINGS), name="remote-config", daemon=True).start()
 
     def _apply_settings(self, cid: str, values: dict[str, Any]) -> None:
         """Check the settings with the config file through the schema, keep them, reload; a reload
@@ -214,16 +215,18 @@ class RemoteConfigService:
         answer("rolled_back", f"D6001 daemon settings {short(new_h)}: the reload was refused "
                f"({'; '.join(result.get('errors') or [])}); restored {short(old_h)}", rolled_back=True)
 
-    def _run(self, cid: str, content: bytes, work: Callable[[], None]) -> None:
+    def _run(self, cid: str, content: bytes, work: Callable[[], None], kind: str = COMPONENT) -> None:
+        what = kind.replace("_", " ")
         try:
-            with self.engine.busy(f"agent config {cid}"):
+            with self.engine.busy(f"{what} {cid}"):
                 work()
         except Exception as exc:  # every push owes the Manager one answer
             code = exc.code if isinstance(exc, DaemonError) else "D6001"
-            log.exception("agent config %s failed", cid)
+            log.exception("%s %s failed", what, cid)
             text = str(exc) if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
-            self._answer(cid, "failed", f"{code} agent config {cid}: {text}{self._undo_after_error()}", "",
-                         digest(content) if content else "")
+            undo = self._undo_after_error() if kind == COMPONENT else ""
+            self._answer(cid, "failed", f"{code} {what} {cid}: {text}{undo}", "",
+                         digest(content) if content else "", component=kind)
             self._clear_journal()
         finally:
             with self._lock:
