@@ -203,17 +203,22 @@ class RemoteConfigService:
         except ConfigValidateError as exc:
             return answer("rejected", f"D1002 daemon settings {cid} rejected, nothing changed: "
                           + "; ".join(exc.problems))
+        store = self._store()
+        # A crash from here on: the next start loads the new settings and answers (see _recover).
+        store.write_journal("swapping", command_id=cid, kind=SETTINGS, old=old_h, new=new_h)
         remote_settings.write(work_dir, new)
         result = e.call(lambda: e.reload(f"daemon settings {cid}"), timeout=120.0)
         if result.get("reloaded"):
             later = result.get("restart_required") or []
-            return answer("completed", f"daemon settings {short(new_h)} applied: "
-                          f"{', '.join(result.get('changed') or []) or 'no changes'}"
-                          + (f"; at the next restart: {', '.join(later)}" if later else ""))
-        remote_settings.write(work_dir, current)
-        e.call(lambda: e.reload(f"daemon settings {cid} undone"), timeout=120.0)
-        answer("rolled_back", f"D6001 daemon settings {short(new_h)}: the reload was refused "
-               f"({'; '.join(result.get('errors') or [])}); restored {short(old_h)}", rolled_back=True)
+            answer("completed", f"daemon settings {short(new_h)} applied: "
+                   f"{', '.join(result.get('changed') or []) or 'no changes'}"
+                   + (f"; at the next restart: {', '.join(later)}" if later else ""))
+        else:
+            remote_settings.write(work_dir, current)
+            e.call(lambda: e.reload(f"daemon settings {cid} undone"), timeout=120.0)
+            answer("rolled_back", f"D6001 daemon settings {short(new_h)}: the reload was refused "
+                   f"({'; '.join(result.get('errors') or [])}); restored {short(old_h)}", rolled_back=True)
+        store.clear_journal()
 
     def _run(self, cid: str, content: bytes, work: Callable[[], None], kind: str = COMPONENT) -> None:
         what = kind.replace("_", " ")
@@ -264,6 +269,17 @@ class RemoteConfigService:
     def _recover(self, store: ConfigStore, entry: dict[str, Any]) -> None:
         cid = str(entry.get("command_id") or "")
         old, new = str(entry.get("old") or ""), str(entry.get("new") or "")
+        if entry.get("kind") == SETTINGS:
+            # This start loaded whatever settings file the crash left, so the answer is what is in effect.
+            now = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
+            if now == new:
+                self._answer(cid, "completed", f"daemon settings {short(new)} applied (at the daemon's "
+                             "restart: it stopped during the push)", old, new, component=SETTINGS)
+            else:
+                self._answer(cid, "failed", f"D6001 daemon settings {short(new)}: the daemon stopped before "
+                             f"they were kept; {short(now)} in effect", old, new, component=SETTINGS)
+            store.clear_journal()
+            return
         answer = entry.get("answer")
         if entry.get("phase") == "ended" and isinstance(answer, dict):
             self._answer(cid, str(answer.get("state")), str(answer.get("message")), old, new,

@@ -107,3 +107,30 @@ def test_a_key_outside_the_default_allow_list_is_refused(start_node):
     n = start_node()
     status = n.set(agent__stop_timeout="1s")
     assert status.state == "rejected" and "agent.stop_timeout" in status.message
+
+
+@pytest.mark.timeout(120)
+def test_settings_a_killed_daemon_had_kept_are_answered_completed_at_its_next_start(start_node):
+    from daemon_app import remote_settings
+    from daemon_app.rconfig.store import ConfigStore
+
+    n = start_node()
+    n.daemon.proc.kill()  # SIGKILL, then leave on disk what a kill between keeping and answering leaves
+    n.daemon.proc.wait(10)
+    values = {"daemon.report_interval": "3s"}
+    store = ConfigStore(str(n.work / "agent" / "agent.conf"), str(n.work))
+    store.write_journal("swapping", command_id="set-killed", kind="daemon_settings", old="",
+                        new=remote_settings.digest(values))
+    remote_settings.write(str(n.work), values)
+    n.daemon = DaemonProcess(n.daemon.config_path)
+    try:
+        def ended() -> list[pb.CommandStatus]:
+            with n.manager.lock:
+                return [s for s in n.manager.statuses if s.command_id == "set-killed" and s.state in TERMINAL]
+
+        status = wait_until(ended, timeout=60, what="the interrupted settings answered")[0]
+        assert status.state == "completed" and "stopped during the push" in status.message
+        assert status.result.new_version == remote_settings.digest(values)
+        assert store.journal() is None
+    finally:
+        n.daemon.kill()
