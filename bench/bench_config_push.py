@@ -27,6 +27,7 @@ from daemon_manager import pki  # noqa: E402
 from tests.contract.independent_manager import IndependentManager  # noqa: E402
 from tests.helpers import DaemonProcess, wait_until, write_config  # noqa: E402
 from tests.integration.rconfig.conftest import node_config  # noqa: E402
+from tests.live_update import kill_agent  # noqa: E402
 
 VERIFY_S = 1.0
 TERMINAL = ("completed", "rolled_back", "failed", "rejected")
@@ -70,6 +71,7 @@ def main() -> None:
         log(f"crashing push rolled back in {rollback:.3f} s")
     finally:
         daemon.kill()
+        kill_agent(work)  # the daemon leaves its Agent running on exit, by design
         manager.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     median = statistics.median(good)

@@ -353,7 +353,7 @@ SCHEMA: dict[str, Any] = {
         "config_file": Field("agent/agent.yaml", "str", under_work_dir=True),
         "config_check": Field([], "list[str]", help="command run with a pushed config file appended; "
                               "non-zero exit or timeout rejects it; empty: no check"),
-        "config_reload": Field("restart", "choice", choices=("restart",),
+        "config_reload": Field("restart", "choice", choices=("restart", "sighup"),
                                help="how a pushed config is applied"),
         "socket_path": Field("agent.sock", "str", under_work_dir=True),
         "socket_mode": Field("0600", "mode"),

@@ -10,7 +10,8 @@ Python standard library only. The fault flags make it misbehave on purpose, for 
   --config FILE          read "key: value" lines from FILE at start (a missing file is fine):
                          exit-at-start: CODE, no-heartbeat: true, crash-after: N override the flags,
                          so a pushed config can make it crash or go silent (remote config tests);
-                         crash-once: PATH exits with code 5 at start unless PATH exists (creating it)
+                         crash-once: PATH exits with code 5 at start unless PATH exists (creating it);
+                         SIGHUP re-reads FILE (exit-at-start then exits at once with CODE)
 SIGTERM exits cleanly (code 0). When the socket goes away it reconnects.
 """
 
@@ -136,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         log("no socket: pass --socket or set AGENT_SOCKET")
         return 2
     stop = threading.Event()
+    reread = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.config:
+        signal.signal(signal.SIGHUP, lambda *_: (reread.set(), stop.set()))
     log(f"version {args.version} started, socket {args.socket or '-'}")
     if args.burn_cpu:
         threading.Thread(target=burn, args=(stop, args.burn_for), daemon=True).start()
@@ -147,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     next_beat = started
     next_grow = started + 1.0
     connected: bool | None = None
-    while not stop.is_set():
+    while not stop.is_set() or reread.is_set():
+        if reread.is_set():
+            reread.clear()
+            stop.clear()
+            apply_config(args, args.config)
+            log(f"SIGHUP: re-read {args.config}")
+            if args.exit_at_start is not None:
+                log(f"exiting with code {args.exit_at_start} as the new config asks")
+                return args.exit_at_start
         now = time.monotonic()
         if args.crash_after and now - started >= args.crash_after:
             log(f"crashing after {args.crash_after:g}s as asked")

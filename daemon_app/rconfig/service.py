@@ -18,6 +18,7 @@ sent again. Either way the command gets its one terminal status and the Agent on
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -355,12 +356,15 @@ class RemoteConfigService:
         if sup is None:
             return Verdict(False, "lost its supervisor (agent.enabled turned off)")
         timeout = self.engine.cfg.remote_config.verify_timeout
-        sup.stop_agent()
         baseline = sup.snapshot().heartbeats_received
-        try:
-            sup.start_agent()
-        except DaemonError as exc:
-            log.warning("%s", exc, extra={"code": exc.code})  # the restart policy takes it from here
+        # sighup: the running Agent re-reads its file; one that is not running is started instead.
+        if self.engine.cfg.agent.config_reload != "sighup" or not sup.signal_agent(signal.SIGHUP):
+            sup.stop_agent()
+            baseline = sup.snapshot().heartbeats_received
+            try:
+                sup.start_agent()
+            except DaemonError as exc:
+                log.warning("%s", exc, extra={"code": exc.code})  # the restart policy takes it from here
         deadline = time.monotonic() + timeout
         watched = sup.snapshot().pid
         ends: list[str] = []

@@ -21,6 +21,7 @@ from tests.contract.independent_manager import IndependentManager
 from tests.helpers import DaemonProcess, end_process, short_tmpdir, wait_until, write_config
 from tests.integration.manager.conftest import log_records
 from tests.integration.rconfig.conftest import node_config
+from tests.live_update import kill_agent
 
 TERMINAL = ("completed", "rolled_back", "failed", "rejected")
 GOOD = b"# agent settings v2\nlevel: debug\n"
@@ -79,6 +80,7 @@ def start_node(pki_dir, tmp_path):  # noqa: F811 - the imported fixture
     yield start
     for manager, daemon, work in started:
         daemon.kill()
+        kill_agent(work)  # the daemon leaves its Agent running on exit, by design
         manager.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -316,3 +318,19 @@ def test_a_reload_that_turns_remote_config_off_stops_taking_pushes(node):
     status = node.push(b"level: warn\n")
     assert status.state == "failed" and "no handler for command type 'agent_config'" in status.message
     assert node.config_file.read_bytes() == GOOD
+
+
+@pytest.mark.timeout(120)
+def test_with_config_reload_sighup_the_running_agent_rereads_and_a_crashing_config_is_still_rolled_back(
+        start_node):
+    n = start_node(agent={"config_reload": "sighup"})
+    pid = n.agent_pid()
+    status = n.push(GOOD)
+    assert status.state == "completed", status.message
+    assert n.agent_pid() == pid, "the Agent was restarted instead of signalled"
+    assert "SIGHUP: re-read" in (n.work / "agent" / "stderr.log").read_text()
+    bad = n.push(CRASH)
+    assert bad.state == "rolled_back", bad.message
+    assert "exit with code 2 twice" in bad.message and bad.message.endswith("healthy")
+    assert n.config_file.read_bytes() == GOOD
+    n.wait_healthy()

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import ROOT, short_tmpdir, wait_until, write_config
 from tests.integration.manager.conftest import Manager, pki_dir  # noqa: F401 - the fixture
 from tests.integration.rconfig.conftest import node_config
+from tests.live_update import kill_agent
 
 GOOD = b"level: info\n"
 CRASH = b"exit-at-start: 2\n"
@@ -42,9 +43,10 @@ def test_push_config_then_configs_shows_committed_and_rolled_back_pushes_and_the
     manager = Manager(db, pki_dir)
     manager.start(0)
     work = Path(short_tmpdir("rcm"))
+    daemon = None
     try:
         cfg = node_config(work, tmp_path, manager.address, pki_dir)
-        daemon_processes(write_config(work / "daemon.yaml", cfg))
+        daemon = daemon_processes(write_config(work / "daemon.yaml", cfg))
 
         def nodes() -> list[dict]:
             out = _cli("nodes", "--db", db, "--format", "json")
@@ -107,5 +109,8 @@ def test_push_config_then_configs_shows_committed_and_rolled_back_pushes_and_the
         text = _cli("configs", "--db", db, "--node", node_id).stdout
         assert "settings agent.health_check.interval=250ms, daemon.report_interval=2s  completed" in text
     finally:
+        if daemon is not None:
+            daemon.kill()
+            kill_agent(work)  # the daemon leaves its Agent running on exit, by design
         manager.stop()
         shutil.rmtree(work, ignore_errors=True)
