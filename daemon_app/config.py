@@ -13,6 +13,7 @@ messages quote at most a short excerpt of a bad value.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -25,6 +26,8 @@ from typing import Any
 import yaml
 
 from daemon_app.errors import ConfigLoadError, ConfigValidateError
+
+log = logging.getLogger(__name__)
 
 ENV_CONFIG = "DAEMON_CONFIG"
 
@@ -348,6 +351,10 @@ SCHEMA: dict[str, Any] = {
         "args": Field([], "list[str]"),
         "work_dir": Field("agent", "str", under_work_dir=True),
         "config_file": Field("agent/agent.yaml", "str", under_work_dir=True),
+        "config_check": Field([], "list[str]", help="command run with a pushed config file appended; "
+                              "non-zero exit or timeout rejects it; empty: no check"),
+        "config_reload": Field("restart", "choice", choices=("restart", "sighup"),
+                               help="how a pushed config is applied"),
         "socket_path": Field("agent.sock", "str", under_work_dir=True),
         "socket_mode": Field("0600", "mode"),
         "socket_group": Field("", "str", help="group that may connect; empty: owner only"),
@@ -400,6 +407,18 @@ SCHEMA: dict[str, Any] = {
         "min_free_bytes": Field("50MiB", "size", minimum=0, help="kept free beyond the package"),
         "self_update_deadline": Field("120s", "duration", minimum=1.0),
         "daemon_path": Field("", "str", help="the pyz to replace; empty: the running one"),
+    },
+    "remote_config": {
+        "enabled": Field(False, "bool", help="accept Agent config pushed by the Manager"),
+        "max_agent_config_bytes": Field("1MiB", "size", minimum=1, maximum=3 * 1024 * 1024),
+        "check_timeout": Field("30s", "duration", minimum=0.1,
+                               help="agent.config_check is killed after this"),
+        "verify_timeout": Field("60s", "duration", minimum=0.1,
+                                help="the Agent must stay healthy this long after a push, else rolled back"),
+        "allowed_keys": Field(["collectors.*.enabled", "collectors.*.interval", "collectors.*.timeout",
+                               "daemon.report_interval", "daemon.log_level", "daemon.labels",
+                               "agent.health_check.*"], "list[str]",
+                              help="daemon settings the Manager may set (fnmatch patterns over dotted keys)"),
     },
     "plugins": {
         "dir": Field("plugins", "str", under_work_dir=True),
@@ -631,7 +650,20 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     path = os.fspath(path)
     raw, duplicates = _load_yaml(path)
     # An empty file (or only comments) is the defaults, as configs/daemon.yaml promises.
-    return validate(raw, source=path, problems=duplicates)
+    cfg = validate(raw, source=path, problems=list(duplicates))
+    if not cfg.remote_config.enabled:
+        return cfg
+    from daemon_app import remote_settings
+
+    values = remote_settings.read(cfg.daemon.work_dir)
+    if not values:
+        return cfg
+    try:  # the Manager's daemon settings over the file (checked when they were set)
+        return validate(remote_settings.merged(raw, values), source=path, problems=list(duplicates))
+    except ConfigValidateError as exc:
+        log.error("D1002 remote settings ignored, the config file alone applies: %s", "; ".join(exc.problems),
+                  extra={"code": "D1002"})
+        return cfg
 
 
 def read_raw(path: str) -> Any:

@@ -273,6 +273,7 @@ class Engine:
         self.agent: Any = None  # daemon_app.agent.supervisor.AgentSupervisor when enabled
         self.manager: Any = None  # daemon_app.comm.link.ManagerLink when manager.address is set
         self.updates: Any = None  # daemon_app.update.service.UpdateService, always
+        self.remote_config: Any = None  # rconfig.service.RemoteConfigService, remote_config.enabled
         self.last_report: float = 0.0
         self.reports_built = 0
         self._stuck_reporters: dict[str, threading.Thread] = {}
@@ -348,6 +349,12 @@ class Engine:
 
                 self.updates = UpdateService(self)
             services.append(self.updates)
+        if cfg.remote_config.enabled and self.remote_config is None:
+            with _starting("remote_config"):
+                from daemon_app.rconfig.service import RemoteConfigService
+
+                self.remote_config = RemoteConfigService(self)
+            services.append(self.remote_config)
         return services
 
     def _start_service(self, service: Service) -> None:
@@ -364,6 +371,8 @@ class Engine:
             self.manager = None
         elif service is self.updates:
             self.updates = None
+        elif service is self.remote_config:
+            self.remote_config = None
 
     def _check_services(self) -> None:
         """A service whose thread died: at start the daemon fails; later the service is restarted,
@@ -695,6 +704,9 @@ class Engine:
         if self.manager is not None and not cfg.manager.address:
             self._drop_service(self.manager, deadline)
             self._detach(self.manager)
+        if self.remote_config is not None and not cfg.remote_config.enabled:
+            self._drop_service(self.remote_config, deadline)
+            self._detach(self.remote_config)
         for service in list(self.services):
             try:
                 service.reload(cfg)

@@ -87,6 +87,12 @@ class CollectError(DaemonError):
     code, name = "D5001", "CollectError"
 
 
+class RemoteConfigError(DaemonError):
+    """A remote Agent config push refused, rejected by agent.config_check, or not applied."""
+
+    code, name = "D6001", "RemoteConfigError"
+
+
 ALL_ERRORS: tuple[type[DaemonError], ...] = (
     ConfigLoadError,
     ConfigValidateError,
@@ -103,4 +109,5 @@ ALL_ERRORS: tuple[type[DaemonError], ...] = (
     UpdateApplyError,
     UpdateRollbackError,
     CollectError,
+    RemoteConfigError,
 )

@@ -4,12 +4,12 @@ A plugin is any object or module with functions marked `@hookimpl` (import it fr
 `daemon_app.hookspecs`). Built-ins are registered exactly like third-party plugins.
 
 Hooks are called the way pluggy documents: an implementation may take any subset of a hook's
-arguments, and where calls happen one after another (on_agent_event, pre_update, post_update)
-`@hookimpl(tryfirst=True)` runs before the others and `trylast=True` after them (otherwise the
-plugin registered last runs first); collect and report implementations run side by side, each on
-its own thread. Each plugin's implementation is called on its own, so one that raises is logged
-with its name and the others still run; a wrapper (`wrapper=True`/`hookwrapper=True`) therefore
-wraps only its own plugin's implementation.
+arguments, and where calls happen one after another (on_agent_event, pre_update, post_update,
+pre_config, post_config) `@hookimpl(tryfirst=True)` runs before the others and `trylast=True` after
+them (otherwise the plugin registered last runs first); collect and report implementations run side
+by side, each on its own thread. Each plugin's implementation is called on its own, so one that
+raises is logged with its name and the others still run; a wrapper
+(`wrapper=True`/`hookwrapper=True`) therefore wraps only its own plugin's implementation.
 """
 
 from __future__ import annotations
@@ -74,6 +74,25 @@ def pre_update(request: dict[str, Any]) -> str | None:
     called (in pluggy's order), even after a veto; the update then fails with D4003 and every
     veto's plugin and reason (`update vetoed by plugin 'a': reason; by plugin 'b': reason`). An
     implementation that raises is logged with D5001 and its name and does not veto.
+    """
+
+
+@hookspec
+def pre_config(request: dict[str, Any]) -> str | None:
+    """Called before a pushed Agent config is checked or installed, with command_id, kind
+    ("agent_config"), old and new ("sha256:<hex>"; old is "" when there is no file) and size.
+
+    Return a reason string to veto the push (it is answered `rejected`, D6001, naming every veto;
+    nothing changes), or None. Every implementation is called, even after a veto; one that raises
+    is logged with D5001 and does not veto.
+    """
+
+
+@hookspec
+def post_config(result: dict[str, Any]) -> None:
+    """Called once a pushed Agent config has its terminal answer, with command_id, kind, state
+    (completed, rolled_back, failed, rejected), message, old_version, new_version, rolled_back.
+    Side effects only.
     """
 
 

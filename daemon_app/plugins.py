@@ -30,7 +30,7 @@ BUILTIN, ENTRYPOINT, DIRECTORY = "builtin", "entrypoint", "directory"
 
 # The seed §7.1 code logged when a plugin raises in a hook: a failed reporter is a failed report,
 # a failed update hook a failed update; anything else is a plugin (collect) failure.
-HOOK_ERROR_CODES = {"report": "D2003", "pre_update": "D4003", "post_update": "D4003"}
+HOOK_ERROR_CODES = {"report": "D2003", "pre_update": "D4003", "post_update": "D4003", "post_config": "D6001"}
 
 
 @dataclass
@@ -201,6 +201,22 @@ class Plugins:
                 log.debug("plugin %s raised in %s here:", name, hook, exc_info=exc,
                           extra={"plugin": name, "hook": hook})
         return results
+
+    def vetoes(self, hook: str, **kwargs: Any) -> list[str]:
+        """Ask every implementation of a veto hook (pre_update, pre_config), in pluggy's order, even
+        after a veto; returns "by plugin 'name': reason" for each veto. One that raises is logged
+        (D5001) and does not veto: a broken plugin must not block the work, nor crash the daemon."""
+        out = []
+        for call in self.calls(hook):
+            try:
+                reason = call(**{k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()})
+            except Exception as exc:
+                log.error("plugin %s raised in %s: %s: %s", call.plugin_name, hook, type(exc).__name__, exc,
+                          extra={"plugin": call.plugin_name, "hook": hook, "code": "D5001"})
+                continue
+            if isinstance(reason, str) and reason:
+                out.append(f"by plugin {call.plugin_name!r}: {reason}")
+        return out
 
     def post_event(self, event: dict[str, Any]) -> None:
         """Hand an Agent event to the `on_agent_event` plugins on the plugin-events thread; returns

@@ -24,6 +24,7 @@ REASONS: dict[str, str] = {
     "disk-statvfs": "statvfs of each mount under a timeout, so a hung mount never blocks collection",
     "report:": "(ends) one report hook call, bounded by daemon.report_timeout",
     "update-": "(ends) one update or rollback job",
+    "remote-config": "(ends) one Agent config push: check, swap, restart, verify, commit or roll back",
     "plugin-events": "hands Agent events to on_agent_event plugins, so a slow one never holds up "
                      "supervision; ends after 30 s without events",
 }

@@ -217,6 +217,75 @@ def push_update(db_path: str, node_id: str, package: str, manifest_dir: str) -> 
     click.echo(command_id)
 
 
+MAX_AGENT_CONFIG = 3 * 1024 * 1024  # the proto's 4 MiB message limit, with room; daemons cap lower
+
+
+@main.command("push-config")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@click.option("--agent-config", "agent_config", type=click.Path(exists=True, dir_okay=False),
+              help="The whole new content of the Agent's config file (agent.config_file).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A daemon setting by dotted key, e.g. daemon.report_interval=30s (repeatable; "
+              "only the node's remote_config.allowed_keys).")
+def push_config(db_path: str, node_id: str, agent_config: str | None, settings: tuple[str, ...]) -> None:
+    """Queue an agent_config command (--agent-config: the node checks, installs and verifies the file,
+    then commits it or rolls back to its last-known-good) or a daemon_settings command (--set: checked
+    by the node's config schema and applied by a reload); prints the command id. Follow it with
+    `configs`."""
+    from pathlib import Path
+
+    if bool(agent_config) == bool(settings):
+        raise click.UsageError("give either --agent-config FILE or one or more --set KEY=VALUE")
+    command: dict[str, Any]
+    if agent_config:
+        content = Path(agent_config).read_bytes()
+        if len(content) > MAX_AGENT_CONFIG:
+            raise click.ClickException(f"{agent_config} is {len(content)} bytes; at most {MAX_AGENT_CONFIG} "
+                                       "can be pushed (and the node's remote_config.max_agent_config_bytes)")
+        command = {"type": "agent_config", "content": content}
+    else:
+        values = {}
+        for item in settings:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise click.UsageError(f"--set {item!r}: expected KEY=VALUE")
+            values[key.strip()] = value
+        command = {"type": "daemon_settings", "values": values}
+    store = open_store(db_path)
+    if store.node(node_id) is None:
+        raise click.ClickException(f"unknown node {node_id!r}: it has never registered with this Manager")
+    click.echo(store.enqueue_command(node_id, command))
+
+
+@main.command("configs")
+@DB_OPTION
+@click.option("--node", "node_id", required=True, help="Node id.")
+@FORMAT_OPTION
+def configs_cmd(db_path: str, node_id: str, fmt: str) -> None:
+    """A node's Agent config pushes with every state, and the config effective after them."""
+    data = open_store(db_path).configs(node_id)
+    if fmt == "json":
+        _json(data)
+        return
+    click.echo(f"effective agent config: {data['effective_agent_config'] or '(unknown: none committed)'}")
+    reported = data["reported_agent_config"]
+    drift = " (DRIFT: not what the pushes left)" if reported and data["effective_agent_config"] and \
+        reported != data["effective_agent_config"] else ""
+    click.echo(f"reported by heartbeat:  {reported or '(none)'}{drift}")
+    click.echo(f"daemon settings:        {data['reported_daemon_settings'] or '(none set remotely)'}")
+    for p in data["pushes"]:
+        what = f"{p['sha256'][:19]}  {p['bytes']} bytes" if p["kind"] == "agent_config" else \
+            "settings " + ", ".join(f"{k}={v}" for k, v in sorted(p["values"].items()))
+        click.echo(f"{p['id']}  {what}  {p['state']}  (queued {_when(p['created_at'])})")
+        for st in p["statuses"]:
+            click.echo(f"    {_when(st['received_at'])}  {st['state']}  {st['message'] or ''}".rstrip())
+        r = p["result"]
+        if r:
+            click.echo(f"    result: {r['old_version'] or '(none)'} -> {r['new_version'] or '?'}"
+                       + (" (rolled back)" if r["rolled_back"] else ""))
+
+
 @main.command("updates")
 @DB_OPTION
 @click.option("--node", "node_id", required=True, help="Node id.")

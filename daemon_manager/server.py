@@ -179,7 +179,9 @@ class DaemonService(pb_grpc.DaemonServiceServicer):
         agent = None
         if request.HasField("agent_status"):
             agent = messages.agent_status_from_pb(request.agent_status)
-        self.store.heartbeat(request.node_id, agent, request.outbox_depth, request.outbox_dropped)
+        self.store.heartbeat(request.node_id, agent, request.outbox_depth, request.outbox_dropped,
+                             agent_config_hash=request.agent_config_hash,
+                             daemon_settings_hash=request.daemon_settings_hash)
         return pb.HeartbeatResponse(next_interval_ms=self.heartbeat_interval_ms)
 
     async def ReportMetrics(self, request: pb.ReportBatch, context: grpc.aio.ServicerContext) -> pb.ReportAck:

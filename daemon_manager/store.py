@@ -6,6 +6,7 @@ the same file; WAL lets them read and write side by side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -36,6 +37,14 @@ CREATE INDEX IF NOT EXISTS status_by_command ON command_status (command_id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DELIVERABLE = ("queued", "sent")  # no status seen yet: delivered again when the node reconnects
+
+
+_REPORTED_HASH = "agent_config_hash/"  # settings key prefix: the hash a node's last heartbeat carried
+_REPORTED_SETTINGS = "daemon_settings_hash/"
+
+
+def _digest(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
 
 
 def _loads(text: str | None) -> Any:
@@ -92,8 +101,14 @@ class Store:
         out["agent_status"] = _loads(out.pop("agent_status_json"))
         return out
 
-    def heartbeat(self, node_id: str, agent: dict[str, Any] | None, depth: int, dropped: int) -> None:
+    def heartbeat(self, node_id: str, agent: dict[str, Any] | None, depth: int, dropped: int,
+                  agent_config_hash: str = "", daemon_settings_hash: str = "") -> None:
         with self.db:
+            reported = ((_REPORTED_HASH, agent_config_hash), (_REPORTED_SETTINGS, daemon_settings_hash))
+            for prefix, value in reported:
+                if value:
+                    self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                                    "DO UPDATE SET value = excluded.value", (prefix + node_id, value))
             self.db.execute("UPDATE nodes SET last_seen=?, outbox_depth=?, outbox_dropped=? WHERE node_id=?",
                             (time.time(), depth, dropped, node_id))
             if agent is not None:
@@ -161,7 +176,7 @@ class Store:
             msg.CopyFrom(command)
         kind = msg.WhichOneof("kind")
         if kind is None:
-            raise ValueError("a command needs a kind: update, rollback or agent")
+            raise ValueError("a command needs a kind: update, rollback, agent or agent_config")
         if not msg.id:
             msg.id = uuid.uuid4().hex
         now = time.time()
@@ -218,6 +233,9 @@ class Store:
             d = dict(row)
             cmd = messages.command_to_dict(pb.Command.FromString(d.pop("body")))
             cmd.pop("manifest", None)
+            content = cmd.pop("content", None)
+            if content is not None:
+                cmd["sha256"], cmd["bytes"] = _digest(content), len(content)
             d["command"] = cmd
             d["result"] = _loads(d.pop("result_json"))
             d["statuses"] = self.command_statuses(d["id"])
@@ -250,6 +268,34 @@ class Store:
                         "created_at": row["created_at"], "updated_at": row["updated_at"],
                         "result": _loads(row["result_json"]), "statuses": self.command_statuses(row["id"])})
         return out
+
+    def configs(self, node_id: str) -> dict[str, Any]:
+        """A node's Agent config pushes, oldest first (the content's sha256 and size, state, every
+        status, the result), and the config effective after the last one that ended: the pushed one
+        when it ended `completed`, the previous one when it was `rolled_back`."""
+        pushes, effective = [], ""
+        rows = self.db.execute("SELECT id, kind, body, state, created_at, updated_at, result_json "
+                               "FROM commands WHERE node_id = ? AND kind IN ('agent_config', "
+                               "'daemon_settings') ORDER BY created_at, id", (node_id,))
+        for row in rows:
+            cmd = pb.Command.FromString(row["body"])
+            result = _loads(row["result_json"])
+            common = {"id": row["id"], "kind": row["kind"], "state": row["state"],
+                      "created_at": row["created_at"], "updated_at": row["updated_at"], "result": result,
+                      "statuses": self.command_statuses(row["id"])}
+            if row["kind"] == "daemon_settings":
+                pushes.append({**common, "values": dict(cmd.daemon_settings.values)})
+                continue
+            content = cmd.agent_config.content
+            if result and row["state"] == "completed":
+                effective = result.get("new_version") or effective
+            elif result and row["state"] == "rolled_back":
+                effective = result.get("old_version") or effective
+            pushes.append({**common, "sha256": _digest(content), "bytes": len(content)})
+        return {"node_id": node_id, "effective_agent_config": effective,
+                "reported_agent_config": self.setting(_REPORTED_HASH + node_id) or "",
+                "reported_daemon_settings": self.setting(_REPORTED_SETTINGS + node_id) or "",
+                "pushes": pushes}
 
     # --- settings (e.g. the package server's address, written by `serve`) ---------------------------
 

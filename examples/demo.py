@@ -165,11 +165,16 @@ manager:
   reconnect_interval: 500ms
 agent:
   binary_path: {agent_bin}
-  args: ["--interval", "1"]
+  args: ["--interval", "1", "--config", "{DEMO}/agent/agent.conf"]
+  config_file: {DEMO}/agent/agent.conf
   work_dir: {DEMO}/agent/work
   socket_path: {w}/agent.sock
   stop_timeout: 5s
   health_check: {{interval: 1s, heartbeat_timeout: 10s}}
+  restart: {{backoff_base: 500ms}}
+remote_config:
+  enabled: true
+  verify_timeout: 5s
 collectors:
   cpu: {{interval: 1s}}
   memory: {{interval: 1s}}
@@ -250,6 +255,33 @@ update:
             (s := self.agent_status()).get("state") == "RUNNING" and s.get("version") == "1.1.0"))
         print("rolled back: Agent 1.1.0 is running again")
 
+    def push_config(self, name: str, content: str) -> dict[str, Any]:
+        path = DEMO / "packages" / name
+        path.write_text(content)
+        command_id = self.mgr("push-config", "--db", str(self.db), "--node", self.node_id, "--agent-config",
+                              str(path)).strip()
+
+        def final() -> dict[str, Any] | None:
+            pushes = self.mgr_json("configs", "--db", str(self.db), "--node", self.node_id)["pushes"]
+            return next((p for p in pushes if p["id"] == command_id and p["state"] in FINAL_STATES), None)
+
+        push = wait_for(f"the config push {name} to finish", final)
+        self.mgr("configs", "--db", str(self.db), "--node", self.node_id)
+        return push
+
+    def configs(self) -> None:
+        step("push an Agent config that is good: checked, swapped, verified for 5 s, committed")
+        good = self.push_config("agent-good.conf", "# demo settings\nlevel: info\n")
+        if good.get("state") != "completed":
+            raise DemoFailed(f"the good config ended {good.get('state')}: {good.get('result')}")
+        step("push an Agent config that makes the Agent exit at start: it is rolled back")
+        bad = self.push_config("agent-bad.conf", "exit-at-start: 2\n")
+        if bad.get("state") != "rolled_back":
+            raise DemoFailed(f"the bad config ended {bad.get('state')}, expected rolled_back")
+        wait_for("the Agent to run again on the good config",
+                 lambda: self.agent_status().get("state") == "RUNNING")
+        print("rolled back: the Agent runs on the good config again")
+
     def status_and_stop(self) -> None:
         step("`daemon status`")
         self.pyz("status")
@@ -286,6 +318,7 @@ update:
         self.start_daemon()
         self.show_metrics_at_manager()
         self.updates()
+        self.configs()
         self.status_and_stop()
 
 

@@ -7,6 +7,11 @@ Python standard library only. The fault flags make it misbehave on purpose, for 
   --burn-cpu             spin one core (for --burn-for seconds, 0 = forever)
   --grow-memory MB_PER_S allocate and touch this many MiB every second
   --exit-at-start CODE   exit at once with CODE
+  --config FILE          read "key: value" lines from FILE at start (a missing file is fine):
+                         exit-at-start: CODE, no-heartbeat: true, crash-after: N override the flags,
+                         so a pushed config can make it crash or go silent (remote config tests);
+                         crash-once: PATH exits with code 5 at start unless PATH exists (creating it);
+                         SIGHUP re-reads FILE (exit-at-start then exits at once with CODE)
 SIGTERM exits cleanly (code 0). When the socket goes away it reconnects.
 """
 
@@ -40,7 +45,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grow-memory", type=float, default=0.0, metavar="MB_PER_S",
                    help="allocate this many MiB per second")
     p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE", help="exit at once with CODE")
-    return p.parse_args(argv)
+    p.add_argument("--config", default="", metavar="FILE", help="settings file read at start")
+    args = p.parse_args(argv)
+    if args.config:
+        apply_config(args, args.config)
+    return args
+
+
+def apply_config(args: argparse.Namespace, path: str) -> None:
+    """The fault settings a config file may carry; anything else in it is ignored."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read(65536).splitlines()
+    except FileNotFoundError:
+        return
+    for line in lines:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "exit-at-start":
+            args.exit_at_start = int(value)
+        elif key == "no-heartbeat":
+            args.no_heartbeat = value.lower() == "true"
+        elif key == "crash-after":
+            args.crash_after = float(value)
+        elif key == "crash-once" and value and not os.path.exists(value):
+            open(value, "w").close()
+            args.exit_at_start = 5
 
 
 def log(message: str) -> None:
@@ -107,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         log("no socket: pass --socket or set AGENT_SOCKET")
         return 2
     stop = threading.Event()
+    reread = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.config:
+        signal.signal(signal.SIGHUP, lambda *_: (reread.set(), stop.set()))
     log(f"version {args.version} started, socket {args.socket or '-'}")
     if args.burn_cpu:
         threading.Thread(target=burn, args=(stop, args.burn_for), daemon=True).start()
@@ -118,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     next_beat = started
     next_grow = started + 1.0
     connected: bool | None = None
-    while not stop.is_set():
+    while not stop.is_set() or reread.is_set():
+        if reread.is_set():
+            reread.clear()
+            stop.clear()
+            apply_config(args, args.config)
+            log(f"SIGHUP: re-read {args.config}")
+            if args.exit_at_start is not None:
+                log(f"exiting with code {args.exit_at_start} as the new config asks")
+                return args.exit_at_start
         now = time.monotonic()
         if args.crash_after and now - started >= args.crash_after:
             log(f"crashing after {args.crash_after:g}s as asked")

@@ -251,6 +251,17 @@ class AgentSupervisor:
                               grace + _KILL_GRACE):
             raise AgentStopError(f"agent: restart of pid {old} did not complete (state {self.state})")
 
+    def signal_agent(self, signum: int) -> bool:
+        """Send `signum` to the Agent's process group (SIGHUP: re-read its config); False when no
+        Agent process runs."""
+        return bool(self._call(self._signal, signum))
+
+    def _signal(self, signum: int) -> bool:
+        if self._proc is None or self.state not in (STARTING, RUNNING):
+            return False
+        self._proc.signal_group(signum)
+        return True
+
     def reset(self) -> None:
         """Zero the restart count; a FATAL Agent is started again (D3001 if it cannot be executed)."""
         self._call(self._reset)

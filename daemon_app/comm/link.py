@@ -94,8 +94,10 @@ class _ThreadPerCall(concurrent.futures.ThreadPoolExecutor):
         return future
 
 
-_HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001"}
-_SELF_REPORTING = frozenset({"update", "rollback"})  # their handlers send every state, the end included
+_HANDLER_CODES = {"update": "D4003", "rollback": "D4004", "agent": "D3001", "agent_config": "D6001",
+                  "daemon_settings": "D6001"}
+# Their handlers send every state, the end included.
+_SELF_REPORTING = frozenset({"update", "rollback", "agent_config", "daemon_settings"})
 
 
 class _RateLimitedLog:
@@ -576,6 +578,10 @@ class ManagerLink:
             agent = messages.agent_status_to_pb(self.engine.agent.agent_status())
             if agent is not None:
                 req.agent_status.CopyFrom(agent)
+        remote_config = getattr(self.engine, "remote_config", None)
+        if remote_config is not None:
+            req.agent_config_hash = remote_config.effective_hash
+            req.daemon_settings_hash = remote_config.settings_hash
         resp = await stub.Heartbeat(req, timeout=self._call_timeout())
         self._contact()
         self._heartbeat_override = resp.next_interval_ms / 1000.0  # 0: back to manager.heartbeat_interval

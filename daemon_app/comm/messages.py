@@ -120,6 +120,10 @@ def command_to_dict(cmd: pb.Command) -> dict[str, Any]:
         return {"id": cmd.id, "type": "rollback", "component": cmd.rollback.component}
     if kind == "agent":
         return {"id": cmd.id, "type": "agent", "action": cmd.agent.action}
+    if kind == "agent_config":
+        return {"id": cmd.id, "type": "agent_config", "content": bytes(cmd.agent_config.content)}
+    if kind == "daemon_settings":
+        return {"id": cmd.id, "type": "daemon_settings", "values": dict(cmd.daemon_settings.values)}
     return {"id": cmd.id, "type": kind or ""}
 
 
@@ -134,7 +138,7 @@ def node_id_problem(node_id: str) -> str:
     return f"{node_id[:40]!r} is not 1-128 characters of letters, digits and . _ : @ -"
 
 
-COMMAND_KINDS = ("update", "rollback", "agent")
+COMMAND_KINDS = ("update", "rollback", "agent", "agent_config", "daemon_settings")
 AGENT_ACTIONS = ("start", "stop", "restart", "reset")
 
 
@@ -165,8 +169,14 @@ def command_from_dict(d: dict[str, Any]) -> pb.Command:
         cmd.rollback.CopyFrom(pb.RollbackCommand(component=str(d.get("component", ""))))
     elif kind == "agent":
         cmd.agent.CopyFrom(pb.AgentCommand(action=str(d.get("action", ""))))
+    elif kind == "agent_config":
+        cmd.agent_config.CopyFrom(pb.AgentConfigCommand(content=bytes(d.get("content", b""))))
+    elif kind == "daemon_settings":
+        cmd.daemon_settings.CopyFrom(pb.DaemonSettingsCommand(
+            values={str(k): str(v) for k, v in dict(d.get("values") or {}).items()}))
     else:
-        raise ValueError(f"unknown command type {kind!r}: must be update, rollback or agent")
+        raise ValueError(f"unknown command type {kind!r}: must be update, rollback, agent, agent_config "
+                         "or daemon_settings")
     return cmd
 
 

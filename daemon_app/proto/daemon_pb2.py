@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x64\x61\x65mon.proto\x12\tdaemon.v1\"\xf7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12/\n\x06labels\x18\x06 \x03(\x0b\x32\x1f.daemon.v1.NodeInfo.LabelsEntry\x12\x16\n\x0e\x64\x61\x65mon_version\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0bregister_at\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x01\n\x0b\x41gentStatus\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nstart_time\x18\x04 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x15\n\rrestart_count\x18\x07 \x01(\x05\x12\x14\n\x0clast_restart\x18\x08 \x01(\t\x12\x12\n\nextra_json\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\t\"C\n\x0bMetricGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x13\n\x0bvalues_json\x18\x03 \x01(\t\"\x9d\x01\n\x08LogEntry\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12/\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x1f.daemon.v1.LogEntry.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x02\n\x06Report\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12/\n\x07metrics\x18\x04 \x03(\x0b\x32\x1e.daemon.v1.Report.MetricsEntry\x12,\n\x0c\x61gent_status\x18\x05 \x01(\x0b\x32\x16.daemon.v1.AgentStatus\x12!\n\x04logs\x18\x06 \x03(\x0b\x32\x13.daemon.v1.LogEntry\x12\x16\n\x0eoutbox_dropped\x18\x07 \x01(\x04\x12\x12\n\nextra_json\x18\x08 \x01(\t\x1a\x46\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.daemon.v1.MetricGroup:\x02\x38\x01\"4\n\x0fRegisterRequest\x12!\n\x04node\x18\x01 \x01(\x0b\x32\x13.daemon.v1.NodeInfo\"U\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\"\x92\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12,\n\x0c\x61gent_status\x18\x03 \x01(\x0b\x32\x16.daemon.v1.AgentStatus\x12\x14\n\x0coutbox_depth\x18\x04 \x01(\x04\x12\x16\n\x0eoutbox_dropped\x18\x05 \x01(\x04\"-\n\x11HeartbeatResponse\x12\x18\n\x10next_interval_ms\x18\x01 \x01(\r\"B\n\x0bReportBatch\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x07reports\x18\x02 \x03(\x0b\x32\x11.daemon.v1.Report\"h\n\tReportAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x15\n\rrejected_seqs\x18\x04 \x03(\x04\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\'\n\x14\x43ommandStreamRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xa3\x01\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06update\x18\x02 \x01(\x0b\x32\x18.daemon.v1.UpdateCommandH\x00\x12.\n\x08rollback\x18\x03 \x01(\x0b\x32\x1a.daemon.v1.RollbackCommandH\x00\x12(\n\x05\x61gent\x18\x04 \x01(\x0b\x32\x17.daemon.v1.AgentCommandH\x00\x42\x06\n\x04kind\"W\n\rUpdateCommand\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x14\n\x0cmanifest_sig\x18\x04 \x01(\x0c\"$\n\x0fRollbackCommand\x12\x11\n\tcomponent\x18\x01 \x01(\t\"\x1e\n\x0c\x41gentCommand\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\"\x80\x01\n\x0cUpdateResult\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x13\n\x0bold_version\x18\x02 \x01(\t\x12\x13\n\x0bnew_version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0brolled_back\x18\x05 \x01(\x08\x12\x11\n\tcomponent\x18\x06 \x01(\t\"\x8e\x01\n\rCommandStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\'\n\x06result\x18\x06 \x01(\x0b\x32\x17.daemon.v1.UpdateResult\"$\n\x10\x43ommandStatusAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x32\xec\x02\n\rDaemonService\x12\x43\n\x08Register\x12\x1a.daemon.v1.RegisterRequest\x1a\x1b.daemon.v1.RegisterResponse\x12\x46\n\tHeartbeat\x12\x1b.daemon.v1.HeartbeatRequest\x1a\x1c.daemon.v1.HeartbeatResponse\x12=\n\rReportMetrics\x12\x16.daemon.v1.ReportBatch\x1a\x14.daemon.v1.ReportAck\x12\x41\n\x08\x43ommands\x12\x1f.daemon.v1.CommandStreamRequest\x1a\x12.daemon.v1.Command0\x01\x12L\n\x13ReportCommandStatus\x12\x18.daemon.v1.CommandStatus\x1a\x1b.daemon.v1.CommandStatusAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x64\x61\x65mon.proto\x12\tdaemon.v1\"\xf7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12/\n\x06labels\x18\x06 \x03(\x0b\x32\x1f.daemon.v1.NodeInfo.LabelsEntry\x12\x16\n\x0e\x64\x61\x65mon_version\x18\x07 \x01(\t\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0bregister_at\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x01\n\x0b\x41gentStatus\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nstart_time\x18\x04 \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\x05 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x15\n\rrestart_count\x18\x07 \x01(\x05\x12\x14\n\x0clast_restart\x18\x08 \x01(\t\x12\x12\n\nextra_json\x18\t \x01(\t\x12\x0e\n\x06status\x18\n \x01(\t\"C\n\x0bMetricGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x13\n\x0bvalues_json\x18\x03 \x01(\t\"\x9d\x01\n\x08LogEntry\x12\r\n\x05level\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12/\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x1f.daemon.v1.LogEntry.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x02\n\x06Report\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12/\n\x07metrics\x18\x04 \x03(\x0b\x32\x1e.daemon.v1.Report.MetricsEntry\x12,\n\x0c\x61gent_status\x18\x05 \x01(\x0b\x32\x16.daemon.v1.AgentStatus\x12!\n\x04logs\x18\x06 \x03(\x0b\x32\x13.daemon.v1.LogEntry\x12\x16\n\x0eoutbox_dropped\x18\x07 \x01(\x04\x12\x12\n\nextra_json\x18\x08 \x01(\t\x1a\x46\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.daemon.v1.MetricGroup:\x02\x38\x01\"4\n\x0fRegisterRequest\x12!\n\x04node\x18\x01 \x01(\x0b\x32\x13.daemon.v1.NodeInfo\"U\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\"\xcb\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12,\n\x0c\x61gent_status\x18\x03 \x01(\x0b\x32\x16.daemon.v1.AgentStatus\x12\x14\n\x0coutbox_depth\x18\x04 \x01(\x04\x12\x16\n\x0eoutbox_dropped\x18\x05 \x01(\x04\x12\x19\n\x11\x61gent_config_hash\x18\x06 \x01(\t\x12\x1c\n\x14\x64\x61\x65mon_settings_hash\x18\x07 \x01(\t\"-\n\x11HeartbeatResponse\x12\x18\n\x10next_interval_ms\x18\x01 \x01(\r\"B\n\x0bReportBatch\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\"\n\x07reports\x18\x02 \x03(\x0b\x32\x11.daemon.v1.Report\"h\n\tReportAck\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\x12\x15\n\rrejected_seqs\x18\x04 \x03(\x04\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\'\n\x14\x43ommandStreamRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x97\x02\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06update\x18\x02 \x01(\x0b\x32\x18.daemon.v1.UpdateCommandH\x00\x12.\n\x08rollback\x18\x03 \x01(\x0b\x32\x1a.daemon.v1.RollbackCommandH\x00\x12(\n\x05\x61gent\x18\x04 \x01(\x0b\x32\x17.daemon.v1.AgentCommandH\x00\x12\x35\n\x0c\x61gent_config\x18\x05 \x01(\x0b\x32\x1d.daemon.v1.AgentConfigCommandH\x00\x12;\n\x0f\x64\x61\x65mon_settings\x18\x06 \x01(\x0b\x32 .daemon.v1.DaemonSettingsCommandH\x00\x42\x06\n\x04kind\"W\n\rUpdateCommand\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x14\n\x0cmanifest_sig\x18\x04 \x01(\x0c\"$\n\x0fRollbackCommand\x12\x11\n\tcomponent\x18\x01 \x01(\t\"\x1e\n\x0c\x41gentCommand\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\"%\n\x12\x41gentConfigCommand\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"\x84\x01\n\x15\x44\x61\x65monSettingsCommand\x12<\n\x06values\x18\x01 \x03(\x0b\x32,.daemon.v1.DaemonSettingsCommand.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x01\n\x0cUpdateResult\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x13\n\x0bold_version\x18\x02 \x01(\t\x12\x13\n\x0bnew_version\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x13\n\x0brolled_back\x18\x05 \x01(\x08\x12\x11\n\tcomponent\x18\x06 \x01(\t\"\x8e\x01\n\rCommandStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\'\n\x06result\x18\x06 \x01(\x0b\x32\x17.daemon.v1.UpdateResult\"$\n\x10\x43ommandStatusAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x32\xec\x02\n\rDaemonService\x12\x43\n\x08Register\x12\x1a.daemon.v1.RegisterRequest\x1a\x1b.daemon.v1.RegisterResponse\x12\x46\n\tHeartbeat\x12\x1b.daemon.v1.HeartbeatRequest\x1a\x1c.daemon.v1.HeartbeatResponse\x12=\n\rReportMetrics\x12\x16.daemon.v1.ReportBatch\x1a\x14.daemon.v1.ReportAck\x12\x41\n\x08\x43ommands\x12\x1f.daemon.v1.CommandStreamRequest\x1a\x12.daemon.v1.Command0\x01\x12L\n\x13ReportCommandStatus\x12\x18.daemon.v1.CommandStatus\x1a\x1b.daemon.v1.CommandStatusAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGENTRY_FIELDSENTRY']._serialized_options = b'8\001'
   _globals['_REPORT_METRICSENTRY']._loaded_options = None
   _globals['_REPORT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_DAEMONSETTINGSCOMMAND_VALUESENTRY']._loaded_options = None
+  _globals['_DAEMONSETTINGSCOMMAND_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_NODEINFO']._serialized_start=28
   _globals['_NODEINFO']._serialized_end=275
   _globals['_NODEINFO_LABELSENTRY']._serialized_start=230
@@ -58,29 +60,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=1071
   _globals['_REGISTERRESPONSE']._serialized_end=1156
   _globals['_HEARTBEATREQUEST']._serialized_start=1159
-  _globals['_HEARTBEATREQUEST']._serialized_end=1305
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1307
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1352
-  _globals['_REPORTBATCH']._serialized_start=1354
-  _globals['_REPORTBATCH']._serialized_end=1420
-  _globals['_REPORTACK']._serialized_start=1422
-  _globals['_REPORTACK']._serialized_end=1526
-  _globals['_COMMANDSTREAMREQUEST']._serialized_start=1528
-  _globals['_COMMANDSTREAMREQUEST']._serialized_end=1567
-  _globals['_COMMAND']._serialized_start=1570
-  _globals['_COMMAND']._serialized_end=1733
-  _globals['_UPDATECOMMAND']._serialized_start=1735
-  _globals['_UPDATECOMMAND']._serialized_end=1822
-  _globals['_ROLLBACKCOMMAND']._serialized_start=1824
-  _globals['_ROLLBACKCOMMAND']._serialized_end=1860
-  _globals['_AGENTCOMMAND']._serialized_start=1862
-  _globals['_AGENTCOMMAND']._serialized_end=1892
-  _globals['_UPDATERESULT']._serialized_start=1895
-  _globals['_UPDATERESULT']._serialized_end=2023
-  _globals['_COMMANDSTATUS']._serialized_start=2026
-  _globals['_COMMANDSTATUS']._serialized_end=2168
-  _globals['_COMMANDSTATUSACK']._serialized_start=2170
-  _globals['_COMMANDSTATUSACK']._serialized_end=2206
-  _globals['_DAEMONSERVICE']._serialized_start=2209
-  _globals['_DAEMONSERVICE']._serialized_end=2573
+  _globals['_HEARTBEATREQUEST']._serialized_end=1362
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1364
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1409
+  _globals['_REPORTBATCH']._serialized_start=1411
+  _globals['_REPORTBATCH']._serialized_end=1477
+  _globals['_REPORTACK']._serialized_start=1479
+  _globals['_REPORTACK']._serialized_end=1583
+  _globals['_COMMANDSTREAMREQUEST']._serialized_start=1585
+  _globals['_COMMANDSTREAMREQUEST']._serialized_end=1624
+  _globals['_COMMAND']._serialized_start=1627
+  _globals['_COMMAND']._serialized_end=1906
+  _globals['_UPDATECOMMAND']._serialized_start=1908
+  _globals['_UPDATECOMMAND']._serialized_end=1995
+  _globals['_ROLLBACKCOMMAND']._serialized_start=1997
+  _globals['_ROLLBACKCOMMAND']._serialized_end=2033
+  _globals['_AGENTCOMMAND']._serialized_start=2035
+  _globals['_AGENTCOMMAND']._serialized_end=2065
+  _globals['_AGENTCONFIGCOMMAND']._serialized_start=2067
+  _globals['_AGENTCONFIGCOMMAND']._serialized_end=2104
+  _globals['_DAEMONSETTINGSCOMMAND']._serialized_start=2107
+  _globals['_DAEMONSETTINGSCOMMAND']._serialized_end=2239
+  _globals['_DAEMONSETTINGSCOMMAND_VALUESENTRY']._serialized_start=2194
+  _globals['_DAEMONSETTINGSCOMMAND_VALUESENTRY']._serialized_end=2239
+  _globals['_UPDATERESULT']._serialized_start=2242
+  _globals['_UPDATERESULT']._serialized_end=2370
+  _globals['_COMMANDSTATUS']._serialized_start=2373
+  _globals['_COMMANDSTATUS']._serialized_end=2515
+  _globals['_COMMANDSTATUSACK']._serialized_start=2517
+  _globals['_COMMANDSTATUSACK']._serialized_end=2553
+  _globals['_DAEMONSERVICE']._serialized_start=2556
+  _globals['_DAEMONSERVICE']._serialized_end=2920
 # @@protoc_insertion_point(module_scope)

@@ -340,16 +340,7 @@ class Updater:
             return
         info = {**request.describe(), "version": manifest.version, "sha256": manifest.sha256,
                 "size": manifest.size}
-        vetoes = []
-        for call in self.plugins.calls("pre_update"):  # every one, in pluggy's order
-            try:
-                reason = call(request=dict(info))
-            except Exception as exc:  # a broken plugin must not block updates, nor crash the daemon
-                log.error("plugin %s raised in pre_update: %s: %s", call.plugin_name, type(exc).__name__, exc,
-                          extra={"plugin": call.plugin_name, "hook": "pre_update", "code": "D5001"})
-                continue
-            if isinstance(reason, str) and reason:
-                vetoes.append(f"by plugin {call.plugin_name!r}: {reason}")
+        vetoes = self.plugins.vetoes("pre_update", request=info)
         if vetoes:
             raise UpdateVetoedError("update vetoed " + "; ".join(vetoes))
 

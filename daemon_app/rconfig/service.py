@@ -1,0 +1,422 @@
+"""Remote config: the Manager commands `agent_config` (validate, swap, apply, verify, then commit or
+roll back to the last-known-good) and `daemon_settings` (allow-listed keys, checked by the schema,
+applied by a reload), each answered with exactly one terminal status.
+
+One push at a time, on its own thread `remote-config` (inside `engine.busy`, so shutdown waits).
+The verify rule (docs/contract.md): within `remote_config.verify_timeout` after the Agent was
+restarted with the new file, the Agent process running at the end must have sent a heartbeat, and at
+most ONE Agent process may have ended meanwhile (a crash, or a restart by a failed health check):
+one blip is tolerated so that a transient does not roll a good config back; a second one fails the
+config at once.
+
+A journal (store.py) makes a push survive a kill -9 of the daemon: at the next start a push that
+had not swapped the file is answered `failed` (nothing changed); one that had is settled by
+restoring the last-known-good and verifying it (`rolled_back`); one that had ended gets its answer
+sent again. Either way the command gets its one terminal status and the Agent one known config.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon_app import config as config_mod
+from daemon_app import remote_settings
+from daemon_app.agent.snapshot import AgentState, LastExit
+from daemon_app.errors import ConfigValidateError, DaemonError, RemoteConfigError
+from daemon_app.rconfig.store import ConfigStore, digest, short
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "agent_config"
+SETTINGS = "daemon_settings"
+POLL = 0.1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    why: str  # what went wrong ("" when healthy)
+
+
+def _ended(last_exit: LastExit | None) -> str:
+    if last_exit is None:
+        return "exit"
+    if last_exit.signal:
+        return f"end on signal {last_exit.signal}"
+    return f"exit with code {last_exit.code}" if last_exit.code is not None else "exit"
+
+
+def _describe(ends: list[str]) -> str:
+    if len(ends) == 2 and ends[0] == ends[1]:
+        return f"made the Agent {ends[0]} twice"
+    return "made the Agent " + ", then ".join(ends)
+
+
+class RemoteConfigService:
+    """Engine service "remote_config": the `agent_config` and `daemon_settings` command handlers,
+    the hashes heartbeats carry, and its status section."""
+
+    name = "remote_config"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._busy = ""
+        self._last: dict[str, Any] | None = None
+        self.effective_hash = ""  # of the Agent's config file as in effect; heartbeats carry it
+        self.settings_hash = ""  # of the daemon settings set remotely; heartbeats carry it too
+
+    def start(self) -> None:
+        self.engine.command_handlers[COMPONENT] = self.handle_command
+        self.engine.command_handlers[SETTINGS] = self.handle_settings
+        self.settings_hash = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
+        self.engine.add_status("remote_config", lambda: self._last)
+        store = self._store()
+        self._refresh_hash(store)
+        try:
+            entry = store.journal()
+        except RemoteConfigError as exc:  # e.g. a planted symlink: refused, and the daemon runs on
+            log.error("%s; an interrupted push cannot be settled", exc, extra={"code": exc.code})
+            return
+        if entry is None:
+            return
+        cid = str(entry.get("command_id") or "")
+        log.warning("D6001 agent config %s was interrupted (phase %s); settling it", cid, entry.get("phase"),
+                    extra={"code": "D6001"})
+        self._busy = cid or "recovery"
+        threading.Thread(target=self._run, args=(cid, b"", lambda: self._recover(store, entry)),
+                         name="remote-config", daemon=True).start()
+
+    def _refresh_hash(self, store: ConfigStore) -> None:
+        """Read from the file itself, so that what heartbeats say is what the Agent was given."""
+        try:
+            self.effective_hash = digest(store.current())
+        except RemoteConfigError as exc:
+            log.error("%s", exc, extra={"code": exc.code})
+            self.effective_hash = ""
+
+    def _store(self) -> ConfigStore:
+        cfg = self.engine.cfg
+        return ConfigStore(cfg.agent.config_file, cfg.daemon.work_dir)
+
+    def stop(self, deadline: float) -> None:
+        """Take no more pushes (remote_config.enabled turned off by a reload). Shutdown itself
+        waits for a push in flight: it runs inside engine.busy."""
+        self.engine.command_handlers.pop(COMPONENT, None)
+        self.engine.command_handlers.pop(SETTINGS, None)
+        self.engine.status_providers.pop("remote_config", None)
+
+    def reload(self, cfg: Any) -> None:
+        """Each push reads the engine's config of the moment."""
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._last or {})
+
+    # --- the command ------------------------------------------------------------------------------
+
+    def handle_command(self, command: dict[str, Any]) -> None:
+        """{"id", "type": "agent_config", "content": bytes}; returns at once, answers later."""
+        cid = str(command.get("id") or "")
+        content = command.get("content")
+        cfg = self.engine.cfg
+        if not isinstance(content, (bytes, bytearray)):
+            self._answer(cid, "rejected", f"D6001 agent config {cid}: content must be bytes", "", "")
+            return
+        cap = cfg.remote_config.max_agent_config_bytes
+        if len(content) > cap:
+            self._answer(cid, "rejected", f"D6001 agent config {cid}: {len(content)} bytes is larger than "
+                         f"remote_config.max_agent_config_bytes ({cap}); nothing changed", "", "")
+            return
+        updates = self.engine.updates
+        job = updates.status() if updates is not None else None
+        if job:  # both would stop and start the Agent: one at a time
+            self._answer(cid, "failed", f"D6001 agent config {cid}: an update is in progress "
+                         f"({job.get('kind')} of {job.get('component')}, id {job.get('id')}); "
+                         "nothing changed", "", digest(bytes(content)))
+            return
+        with self._lock:
+            if self._busy:
+                self._answer(cid, "failed", f"D6001 agent config {cid}: another push is in progress "
+                             f"({self._busy}); nothing changed", "", digest(bytes(content)))
+                return
+            self._busy = cid
+        data = bytes(content)
+        threading.Thread(target=self._run, args=(cid, data, lambda: self._push(cid, data)),
+                         name="remote-config", daemon=True).start()
+
+    def handle_settings(self, command: dict[str, Any]) -> None:
+        """{"id", "type": "daemon_settings", "values": {dotted key: text}}; returns at once."""
+        cid = str(command.get("id") or "")
+        values = command.get("values")
+
+        def reject(why: str) -> None:
+            self._answer(cid, "rejected", f"D6001 daemon settings {cid}: {why}; nothing changed", "", "",
+                         component=SETTINGS)
+
+        if not isinstance(values, dict) or not values:
+            return reject("no settings in the command")
+        if len(values) > remote_settings.MAX_KEYS:
+            return reject(f"{len(values)} settings, at most {remote_settings.MAX_KEYS}")
+        for key, value in values.items():
+            if not isinstance(key, str) or not isinstance(value, str) or len(key) > remote_settings.MAX_KEY \
+                    or len(value) > remote_settings.MAX_VALUE:
+                return reject(f"setting {str(key)[:60]!r}: keys of at most {remote_settings.MAX_KEY} and "
+                              f"values of at most {remote_settings.MAX_VALUE} characters")
+        allowed = list(self.engine.cfg.remote_config.allowed_keys)
+        refused = sorted(k for k in values if not remote_settings.settable(k, allowed))
+        if refused:
+            return reject(f"not settable remotely: {', '.join(refused)} (remote_config.allowed_keys; code, "
+                          "files and trust never are)")
+        parsed = {k: remote_settings.parse_value(v) for k, v in values.items()}
+        with self._lock:
+            if self._busy:
+                self._answer(cid, "failed", f"D6001 daemon settings {cid}: a push is in progress "
+                             f"({self._busy}); nothing changed", "", "", component=SETTINGS)
+                return
+            self._busy = cid
+        threading.Thread(target=self._run, args=(cid, b"", lambda: self._apply_settings(cid, parsed),
+                                                 SETTINGS), name="remote-config", daemon=True).start()
+
+    def _apply_settings(self, cid: str, values: dict[str, Any]) -> None:
+        """Check the settings with the config file through the schema, keep them, reload; a reload
+        the engine refuses puts the previous settings back (rolled_back)."""
+        e = self.engine
+        work_dir, source = e.cfg.daemon.work_dir, e.cfg.source
+        current = remote_settings.read(work_dir)
+        new = {**current, **values}
+        old_h, new_h = remote_settings.digest(current), remote_settings.digest(new)
+
+        def answer(state: str, message: str, rolled_back: bool = False) -> None:
+            self._answer(cid, state, message, old_h, new_h, rolled_back=rolled_back, component=SETTINGS)
+
+        if new == current:
+            return answer("completed", f"daemon settings {short(new_h)} are already in effect; nothing to do")
+        if source == "<defaults>":
+            return answer("failed", f"D6001 daemon settings {cid}: the daemon runs without a config file")
+        try:
+            config_mod.validate(remote_settings.merged(config_mod.read_raw(source), new), source=source)
+        except ConfigValidateError as exc:
+            return answer("rejected", f"D1002 daemon settings {cid} rejected, nothing changed: "
+                          + "; ".join(exc.problems))
+        store = self._store()
+        # A crash from here on: the next start loads the new settings and answers (see _recover).
+        store.write_journal("swapping", command_id=cid, kind=SETTINGS, old=old_h, new=new_h)
+        remote_settings.write(work_dir, new)
+        result = e.call(lambda: e.reload(f"daemon settings {cid}"), timeout=120.0)
+        if result.get("reloaded"):
+            later = result.get("restart_required") or []
+            answer("completed", f"daemon settings {short(new_h)} applied: "
+                   f"{', '.join(result.get('changed') or []) or 'no changes'}"
+                   + (f"; at the next restart: {', '.join(later)}" if later else ""))
+        else:
+            remote_settings.write(work_dir, current)
+            e.call(lambda: e.reload(f"daemon settings {cid} undone"), timeout=120.0)
+            answer("rolled_back", f"D6001 daemon settings {short(new_h)}: the reload was refused "
+                   f"({'; '.join(result.get('errors') or [])}); restored {short(old_h)}", rolled_back=True)
+        store.clear_journal()
+
+    def _run(self, cid: str, content: bytes, work: Callable[[], None], kind: str = COMPONENT) -> None:
+        what = kind.replace("_", " ")
+        try:
+            with self.engine.busy(f"{what} {cid}"):
+                work()
+        except Exception as exc:  # every push owes the Manager one answer
+            code = exc.code if isinstance(exc, DaemonError) else "D6001"
+            log.exception("%s %s failed", what, cid)
+            text = str(exc) if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
+            undo = self._undo_after_error() if kind == COMPONENT else ""
+            self._answer(cid, "failed", f"{code} {what} {cid}: {text}{undo}", "",
+                         digest(content) if content else "", component=kind)
+            self._clear_journal()
+        finally:
+            with self._lock:
+                self._busy = ""
+
+    def _undo_after_error(self) -> str:
+        """After an unexpected error: put the last-known-good back if the new file may be in place."""
+        store = self._store()
+        try:
+            entry = store.journal()
+            if entry is None or entry.get("phase") != "swapping":
+                return ""
+            store.install(store.last_known_good())
+            verdict = self._apply_and_verify()
+        except Exception as exc:
+            log.exception("cannot restore the last known good agent config")
+            return f"; restoring the last known good failed too: {exc}"
+        return f"; restored {short(str(entry.get('old') or ''))}" + (
+            ", healthy" if verdict.healthy else f", still unhealthy: {verdict.why}")
+
+    def _clear_journal(self) -> None:
+        try:
+            self._store().clear_journal()
+        except OSError:
+            log.exception("cannot remove the remote config journal")
+
+    def _end(self, store: ConfigStore, cid: str, state: str, message: str, old: str, new: str, *,
+             rolled_back: bool = False) -> None:
+        """The terminal answer of a journaled push: recorded first, so a crash re-sends it, not redoes."""
+        store.write_journal("ended", answer={"state": state, "message": message, "old": old, "new": new,
+                                             "rolled_back": rolled_back})
+        self._answer(cid, state, message, old, new, rolled_back=rolled_back)
+        store.clear_journal()
+
+    def _recover(self, store: ConfigStore, entry: dict[str, Any]) -> None:
+        cid = str(entry.get("command_id") or "")
+        old, new = str(entry.get("old") or ""), str(entry.get("new") or "")
+        if entry.get("kind") == SETTINGS:
+            # This start loaded whatever settings file the crash left, so the answer is what is in effect.
+            now = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
+            if now == new:
+                self._answer(cid, "completed", f"daemon settings {short(new)} applied (at the daemon's "
+                             "restart: it stopped during the push)", old, new, component=SETTINGS)
+            else:
+                self._answer(cid, "failed", f"D6001 daemon settings {short(new)}: the daemon stopped before "
+                             f"they were kept; {short(now)} in effect", old, new, component=SETTINGS)
+            store.clear_journal()
+            return
+        answer = entry.get("answer")
+        if entry.get("phase") == "ended" and isinstance(answer, dict):
+            self._answer(cid, str(answer.get("state")), str(answer.get("message")), old, new,
+                         rolled_back=bool(answer.get("rolled_back")))
+            store.clear_journal()
+            return
+        if entry.get("phase") != "swapping":
+            self._end(store, cid, "failed", f"D6001 agent config {short(new)}: the daemon stopped before it "
+                      "was installed; nothing changed", old, new)
+            return
+        store.install(store.last_known_good())
+        verdict = self._apply_and_verify()
+        reason = (f"config {short(new)} was not verified: the daemon stopped during the push; "
+                  f"restored {short(old)}")
+        if verdict.healthy:
+            self._end(store, cid, "rolled_back", f"D6001 {reason}, healthy", old, new, rolled_back=True)
+        else:
+            self._end(store, cid, "failed", f"D6001 {reason}, still unhealthy: {verdict.why}", old, new,
+                      rolled_back=True)
+
+    def _push(self, cid: str, content: bytes) -> None:
+        cfg = self.engine.cfg
+        store = self._store()
+        new = digest(content)
+        old_content = store.current()
+        old = digest(old_content)
+        if new == old:
+            self._answer(cid, "completed", f"agent config {short(new)} is already effective; nothing to do",
+                         old, new)
+            return
+        if self.engine.agent is None:
+            raise RemoteConfigError("agent supervision is off (agent.enabled: false)")
+        vetoes = self.engine.plugins.vetoes("pre_config", request={
+            "command_id": cid, "kind": COMPONENT, "old": old, "new": new, "size": len(content)})
+        if vetoes:
+            self._answer(cid, "rejected", f"D6001 agent config {short(new)} vetoed {'; '.join(vetoes)}; "
+                         "nothing changed", old, new)
+            return
+        store.write_journal("started", command_id=cid, old=old, new=new)
+        if cfg.agent.config_check:
+            self._progress(cid, "verifying", 10.0, f"running agent.config_check on {short(new)}")
+            check = store.check(list(cfg.agent.config_check), content, cfg.remote_config.check_timeout)
+            if not check.ok:
+                self._end(store, cid, "rejected", f"D6001 agent config {short(new)} rejected by "
+                          f"agent.config_check ({check.why}); nothing changed. "
+                          f"Output: {check.output or '(none)'}", old, new)
+                return
+        store.keep_last_known_good(old_content)
+        store.write_journal("swapping")
+        self._progress(cid, "installing", 40.0, f"installing agent config {short(new)}; restarting the Agent")
+        store.install(content)
+        verdict = self._apply_and_verify()
+        if verdict.healthy:
+            self._end(store, cid, "completed", f"agent config {short(new)} committed: the Agent heartbeated "
+                      f"and stayed healthy for {cfg.remote_config.verify_timeout:g}s", old, new)
+            return
+        log.warning("D6001 agent config %s %s; restoring %s", short(new), verdict.why, short(old),
+                    extra={"code": "D6001"})
+        store.install(store.last_known_good())
+        again = self._apply_and_verify()
+        reason = f"config {short(new)} {verdict.why}; restored {short(old)}"
+        if again.healthy:
+            self._end(store, cid, "rolled_back", f"D6001 {reason}, healthy", old, new, rolled_back=True)
+        else:
+            self._end(store, cid, "failed", f"D6001 {reason}, still unhealthy: {again.why}", old, new,
+                      rolled_back=True)
+
+    # --- apply and verify -------------------------------------------------------------------------
+
+    def _apply_and_verify(self) -> Verdict:
+        """Restart the Agent with the file now in place, then watch it (the rule in the module doc)."""
+        sup = self.engine.agent
+        if sup is None:
+            return Verdict(False, "lost its supervisor (agent.enabled turned off)")
+        timeout = self.engine.cfg.remote_config.verify_timeout
+        baseline = sup.snapshot().heartbeats_received
+        # sighup: the running Agent re-reads its file; one that is not running is started instead.
+        if self.engine.cfg.agent.config_reload != "sighup" or not sup.signal_agent(signal.SIGHUP):
+            sup.stop_agent()
+            baseline = sup.snapshot().heartbeats_received
+            try:
+                sup.start_agent()
+            except DaemonError as exc:
+                log.warning("%s", exc, extra={"code": exc.code})  # the restart policy takes it from here
+        deadline = time.monotonic() + timeout
+        watched = sup.snapshot().pid
+        ends: list[str] = []
+        while True:
+            st = sup.snapshot()
+            if watched and (st.pid != watched or not st.state.live):
+                ends.append(_ended(st.last_exit))
+                watched = 0
+                if len(ends) >= 2:
+                    return Verdict(False, _describe(ends))
+            if not watched:
+                if st.state == AgentState.FATAL:
+                    return Verdict(False, _describe(ends) + " and gave up (FATAL)")
+                if st.state.live and st.pid:
+                    watched, baseline = st.pid, st.heartbeats_received
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sup.wait_for_heartbeat(None, min(left, POLL))
+        st = sup.snapshot()
+        if watched and st.pid == watched and st.heartbeats_received > baseline:
+            return Verdict(True, "")
+        why = f"sent no heartbeat within {timeout:g}s"
+        return Verdict(False, f"{_describe(ends)} and {why}" if ends else "made the Agent " + why)
+
+    # --- answers ------------------------------------------------------------------------------------
+
+    def _progress(self, cid: str, state: str, percent: float, message: str) -> None:
+        log.info("agent config %s: %s %s", cid, state, message)
+        self._send(cid, state, percent, message, None)
+
+    def _answer(self, cid: str, state: str, message: str, old: str, new: str, *,
+                rolled_back: bool = False, component: str = COMPONENT) -> None:
+        ok = state == "completed"
+        (log.info if ok else log.warning)("agent config %s: %s %s", cid, state, message)
+        result = {"success": ok, "old_version": old, "new_version": new, "error": "" if ok else message,
+                  "rolled_back": rolled_back, "component": component}
+        self._last = {"id": cid, "state": state, "message": message, "old": old, "new": new,
+                      "time": time.time()}
+        self._refresh_hash(self._store())
+        self.settings_hash = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
+        self._send(cid, state, 100.0, message, result)
+        self.engine.plugins.call_each("post_config", result={
+            "command_id": cid, "kind": component, "state": state, "message": message, "old_version": old,
+            "new_version": new, "rolled_back": rolled_back})
+
+    def _send(self, cid: str, state: str, percent: float, message: str,
+              result: dict[str, Any] | None) -> None:
+        manager = self.engine.manager
+        if manager is None or not cid:
+            return
+        try:
+            manager.send_command_status(cid, state, percent, message, result)
+        except Exception:  # reporting must never break the push itself
+            log.exception("cannot queue the status of command %s for the manager", cid)

@@ -1,0 +1,98 @@
+"""Daemon settings set by the Manager (`daemon_settings` command): the allow-list, and the overlay file
+that config loading lays over the config file while remote config is on.
+
+<work_dir>/remote_config/settings.json   {"values": {"daemon.report_interval": "30s", ...}}
+
+Keys are dotted config paths. A key is settable when it matches `remote_config.allowed_keys`
+(fnmatch patterns) and none of NEVER: nothing that runs code, moves files or changes trust can be
+set remotely, whatever the allow-list says.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import logging
+import os
+from typing import Any
+
+from daemon_app import fsutil
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = os.path.join("remote_config", "settings.json")
+MAX_KEYS = 64
+MAX_KEY = 128
+MAX_VALUE = 1024
+MAX_FILE = 256 * 1024
+
+# Code, files, trust and the remote config itself: never, even if allowed_keys names them.
+NEVER = ["manager.*", "update.*", "plugins.*", "remote_config.*", "prometheus.*", "daemon.work_dir",
+         "daemon.id", "daemon.control_socket", "agent.binary_path", "agent.args", "agent.config_check",
+         "agent.work_dir", "agent.socket_*", "agent.enabled", "*_file", "*_path", "*_dir", "*.tls.*",
+         "*.path", "*.file", "*.dir"]
+
+
+def settable(key: str, allowed: list[str]) -> bool:
+    if any(fnmatch.fnmatchcase(key, pattern) for pattern in NEVER):
+        return False
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed)
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it is JSON ("true", "5", "[\"a\"]", "{\"k\": \"v\"}"), else the text itself ("30s")."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def merged(raw: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The config file's document with each dotted key set (the file's own dict is not changed)."""
+    out = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    for key, value in values.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = value
+    return out
+
+
+def path(work_dir: str) -> str:
+    return os.path.join(work_dir, SETTINGS_FILE)
+
+
+def read(work_dir: str) -> dict[str, Any]:
+    """The overlay's values; {} when there is none. A file that is not ours or not valid is logged
+    (D6001) and ignored: the config file alone then applies."""
+    try:
+        data = fsutil.read_json(path(work_dir), limit=MAX_FILE)
+    except (OSError, ValueError) as exc:
+        log.error("D6001 remote settings %s ignored: %s", path(work_dir), exc, extra={"code": "D6001"})
+        return {}
+    values = data.get("values") if isinstance(data, dict) else None
+    return dict(values) if isinstance(values, dict) else {}
+
+
+def write(work_dir: str, values: dict[str, Any]) -> None:
+    """Atomically, 0600, in the private remote_config directory; {} removes the overlay."""
+    fsutil.private_dir(os.path.dirname(path(work_dir)))
+    if values:
+        fsutil.write_json(path(work_dir), {"values": values})
+    else:
+        fsutil.unlink_quietly(path(work_dir))
+
+
+def digest(values: dict[str, Any]) -> str:
+    """"sha256:<hex>" of the overlay in canonical JSON; "" when there is none."""
+    import hashlib
+
+    if not values:
+        return ""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,89 @@
+"""The allow-list, value parsing and the overlay that config loading lays over the file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon_app import config, remote_settings
+from daemon_app.config import SCHEMA
+from tests.helpers import base_config, write_config
+
+DEFAULT = config.validate({}).remote_config.allowed_keys
+
+
+@pytest.mark.parametrize("key", ["daemon.report_interval", "daemon.log_level", "daemon.labels",
+                                 "collectors.cpu.interval", "collectors.disk.enabled",
+                                 "agent.health_check.heartbeat_timeout"])
+def test_the_default_allow_list_opens_intervals_flags_level_labels_and_health(key):
+    assert remote_settings.settable(key, DEFAULT)
+
+
+@pytest.mark.parametrize("key", ["agent.binary_path", "agent.args", "plugins.dir", "manager.address",
+                                 "manager.tls.key_file", "manager.tls.ca_file", "agent.config_check",
+                                 "update.public_key_file", "remote_config.allowed_keys", "daemon.work_dir",
+                                 "reporters.file.path", "daemon.log_file", "agent.socket_path"])
+def test_code_files_and_trust_are_never_settable_even_with_an_allow_list_of_everything(key):
+    assert not remote_settings.settable(key, ["*"])
+
+
+def test_every_schema_path_or_file_key_is_on_the_never_list():
+    paths = [p for p, field in config._path_fields(SCHEMA) if field.under_work_dir]
+    assert paths and all(not remote_settings.settable(p, ["*"]) for p in paths)
+
+
+def test_values_are_json_when_json_else_text():
+    assert remote_settings.parse_value("true") is True
+    assert remote_settings.parse_value("5") == 5
+    assert remote_settings.parse_value('["a"]') == ["a"]
+    assert remote_settings.parse_value("30s") == "30s"
+    assert remote_settings.parse_value("[" * 1024) == "[" * 1024  # too deep for json: text, no crash
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=1024))
+def test_any_value_text_parses_without_raising(text):
+    remote_settings.parse_value(text)
+
+
+def test_merged_sets_dotted_keys_without_touching_the_files_document():
+    raw = {"daemon": {"report_interval": "60s"}}
+    out = remote_settings.merged(raw, {"daemon.report_interval": "5s", "collectors.cpu.enabled": False})
+    assert out == {"daemon": {"report_interval": "5s"}, "collectors": {"cpu": {"enabled": False}}}
+    assert raw == {"daemon": {"report_interval": "60s"}}
+
+
+def test_load_lays_the_overlay_over_the_file_only_while_remote_config_is_on(tmp_path):
+    work = tmp_path / "w"
+    path = write_config(tmp_path / "d.yaml", base_config(work, remote_config={"enabled": True}))
+    remote_settings.write(str(work), {"daemon.report_interval": "5s"})
+    assert stat_mode(remote_settings.path(str(work))) == 0o600
+    assert config.load(path).daemon.report_interval == 5.0
+    off = write_config(tmp_path / "off.yaml", base_config(work, remote_config={"enabled": False}))
+    assert config.load(off).daemon.report_interval == 60.0
+
+
+def test_an_invalid_overlay_is_logged_and_the_file_alone_applies(tmp_path, caplog):
+    work = tmp_path / "w"
+    path = write_config(tmp_path / "d.yaml", base_config(work, remote_config={"enabled": True}))
+    remote_settings.write(str(work), {"daemon.report_interval": "soon"})
+    assert config.load(path).daemon.report_interval == 60.0
+    assert any("D1002 remote settings ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_an_overlay_that_is_a_symlink_is_ignored_with_d6001(tmp_path, caplog):
+    work = tmp_path / "w"
+    path = write_config(tmp_path / "d.yaml", base_config(work, remote_config={"enabled": True}))
+    remote_settings.write(str(work), {})
+    planted = tmp_path / "planted.json"
+    planted.write_text('{"values": {"daemon.report_interval": "1s"}}')
+    os.symlink(planted, remote_settings.path(str(work)))
+    assert config.load(path).daemon.report_interval == 60.0
+    assert any("D6001" in r.getMessage() for r in caplog.records)
+
+
+def stat_mode(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
