@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon_app import command_status, remote_settings
 from daemon_app import config as config_mod
-from daemon_app import remote_settings
 from daemon_app.agent.snapshot import AgentState, LastExit
 from daemon_app.errors import ConfigValidateError, DaemonError, RemoteConfigError
 from daemon_app.rconfig.store import ConfigStore, digest, short
@@ -413,10 +413,4 @@ class RemoteConfigService:
 
     def _send(self, cid: str, state: str, percent: float, message: str,
               result: dict[str, Any] | None) -> None:
-        manager = self.engine.manager
-        if manager is None or not cid:
-            return
-        try:
-            manager.send_command_status(cid, state, percent, message, result)
-        except Exception:  # reporting must never break the push itself
-            log.exception("cannot queue the status of command %s for the manager", cid)
+        command_status.send_quietly(self.engine.manager, cid, state, percent, message, result)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon_app import command_status
 from daemon_app.agent.snapshot import LastExit
 from daemon_app.comm.snapshot import LinkSnapshot
 from daemon_app.errors import AgentStartError, ControlError, DaemonError
@@ -298,13 +299,7 @@ class UpdateService:
 
     def _send(self, command_id: str, state: str, percent: float, message: str,
               result: dict[str, Any] | None) -> None:
-        manager = self.engine.manager
-        if manager is None or not command_id:
-            return
-        try:
-            manager.send_command_status(command_id, state, percent, message, result)
-        except Exception:  # reporting must never break the update itself
-            log.exception("cannot queue the status of command %s for the manager", command_id)
+        command_status.send_quietly(self.engine.manager, command_id, state, percent, message, result)
 
     # --- crash recovery and the self-update commit --------------------------------------------------
 
