@@ -64,10 +64,12 @@ def sample_report() -> dict[str, Any]:
 class EngineStandIn:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.agent = None
 
-    def post(self, command: str, fn: Any) -> None:
+    def run_soon(self, fn: Any) -> None:
         fn()
+
+    def adopt_node_id(self, node_id: str) -> None:
+        self.node_id = node_id
 
     def dispatch_command(self, command: dict[str, Any]) -> bool:
         return True
@@ -84,7 +86,7 @@ def make_link(work: str, address: str, pki_dir: str, node: str, **manager: Any) 
     mcfg.update(manager)
     cfg = config.validate({"daemon": {"work_dir": work, "log_file": ""}, "manager": mcfg,
                            "agent": {"enabled": False}})
-    return ManagerLink(cfg, EngineStandIn(f"bench-{node}"))
+    return ManagerLink(cfg, EngineStandIn(f"bench-{node}"), agent=lambda: None, config_hashes=lambda: None)
 
 
 def workspace() -> str:

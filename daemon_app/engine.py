@@ -11,32 +11,40 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import fcntl
-import heapq
 import json
 import logging
 import os
-import queue
-import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from daemon_app import __version__, fsutil, logs, threads
 from daemon_app.collection import CollectorRunner
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
-from daemon_app.errors import AlreadyRunningError, ConfigValidateError, ControlError, DaemonError
+from daemon_app.errors import ConfigValidateError, DaemonError
+from daemon_app.host import CommandHandler, ControlHandler, StatusProvider
+from daemon_app.instance import InstanceLock
+from daemon_app.mailbox import Mailbox
 from daemon_app.metrics import Metrics, rfc3339
 from daemon_app.nodeid import load_or_create_node_id
 from daemon_app.plugins import Plugins
+from daemon_app.schedule import EngineStopping, Scheduler, WorkTracker
 from daemon_app.servicewatch import ThreadDeaths, dead_threads, describe, service_error
 from daemon_app.systemd import Notifier, watchdog_interval
 
+if TYPE_CHECKING:
+    from daemon_app.agent.supervisor import AgentSupervisor
+    from daemon_app.comm.link import ManagerLink
+    from daemon_app.rconfig.service import RemoteConfigService
+    from daemon_app.update.service import UpdateService
+
+__all__ = ["Engine", "EngineStopping", "InstanceLock", "Scheduler", "Service", "WorkTracker"]
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Settings read once at start; a reload that changes them says a restart is needed.
 RESTART_ONLY = ("daemon.work_dir", "daemon.pid_file", "daemon.control_socket", "daemon.id",
@@ -56,10 +64,6 @@ SERVICE_RESTARTS = 3
 SERVICE_RESTART_WINDOW = 600.0
 
 
-class EngineStopping(ControlError):
-    """The engine is shutting down and takes no new work."""
-
-
 class Service(Protocol):
     """A long-lived module the engine starts and stops."""
 
@@ -73,186 +77,6 @@ class Service(Protocol):
     def reload(self, cfg: Config) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
-
-
-def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """fsutil.write_atomic for text: a reader sees the old or the new file, never half."""
-    fsutil.write_atomic(path, text.encode(), mode)
-
-
-class InstanceLock:
-    """flock on <work_dir>/daemon.lock and on the pid file: a second daemon refuses to start.
-
-    The lock dies with the process (even on kill -9), so a stale file never blocks a new daemon.
-    """
-
-    def __init__(self, work_dir: str, pid_file: str) -> None:
-        self.paths = [(os.path.join(work_dir, "daemon.lock"), "daemon.work_dir")]
-        if pid_file:
-            self.paths.append((pid_file, "daemon.pid_file"))
-        self._fds: list[int] = []
-
-    def acquire(self) -> None:
-        for path, setting in self.paths:
-            try:
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                # A pid file planted as a symlink would have us truncate its target.
-                fd = fsutil.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                self.release()
-                raise ConfigValidateError([f"{setting}: cannot open {path}: {exc.strerror or exc}"]) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                self.release()
-                raise AlreadyRunningError(
-                    f"another daemon (pid {holder}) is already running with {setting} {path}; "
-                    "stop it first (systemctl stop daemon) or give this one its own work_dir and pid_file"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._fds.append(fd)
-
-    def release(self) -> None:
-        """Empty the files before unlocking, so nobody reads a pid that may be reused later."""
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            os.close(fd)
-        self._fds.clear()
-
-
-class WorkTracker:
-    """Work in flight (a collection, a report, an update thread): shutdown waits until it is done."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active: dict[int, str] = {}
-        self._seq = 0
-        self.closed = False
-
-    def begin(self, what: str) -> int:
-        with self._cond:
-            if self.closed:
-                raise EngineStopping(f"the daemon is stopping; not starting {what}")
-            self._seq += 1
-            self._active[self._seq] = what
-            return self._seq
-
-    def end(self, token: int) -> None:
-        with self._cond:
-            self._active.pop(token, None)
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-
-    def active(self) -> list[str]:
-        with self._cond:
-            return list(self._active.values())
-
-    def wait_idle(self, deadline: float, tick: Callable[[], None], tick_every: float) -> list[str]:
-        """Block until nothing is in flight or the deadline passes; call `tick` now and then."""
-        with self._cond:
-            while self._active:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(min(left, tick_every))
-                tick()
-            return list(self._active.values())
-
-
-@dataclass(order=True)
-class _Task:
-    due: float
-    seq: int
-    name: str = field(compare=False)
-    interval: float = field(compare=False)
-    fn: Callable[[], None] = field(compare=False)
-    jitter: float = field(compare=False, default=0.0)
-    base: float = field(compare=False, default=0.0)  # the planned time before jitter
-    cancelled: bool = field(compare=False, default=False)
-
-
-class Scheduler:
-    """A heap of periodic tasks run on the engine's thread, each on its own monotonic interval."""
-
-    def __init__(self) -> None:
-        self._heap: list[_Task] = []
-        self._seq = 0
-        self.tasks: dict[str, _Task] = {}
-
-    def every(self, name: str, interval: float, fn: Callable[[], None], *, first: float = 0.0,
-              jitter: float = 0.0) -> None:
-        """Run `fn` every `interval` s (plus up to `jitter`*interval), the first time after `first` s.
-
-        Re-registering a task keeps its phase: a shorter interval applies at once, a longer one from
-        the next run, so a reload does not trigger every task immediately.
-        """
-        now = time.monotonic()
-        old = self.tasks.get(name)
-        if old is not None:
-            if old.interval == interval and old.jitter == jitter:
-                old.fn = fn
-                return
-            base = min(old.base, now + interval)
-            self.cancel(name)
-        else:
-            base = now + first
-        self._seq += 1
-        task = _Task(base, self._seq, name, interval, fn, jitter, base)
-        self.tasks[name] = task
-        heapq.heappush(self._heap, task)
-
-    def cancel(self, name: str) -> None:
-        task = self.tasks.pop(name, None)
-        if task is not None:
-            task.cancelled = True
-
-    def clear(self) -> None:
-        for name in list(self.tasks):
-            self.cancel(name)
-
-    def next_due(self) -> float | None:
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
-        return self._heap[0].due if self._heap else None
-
-    def run_due(self) -> list[_Task]:
-        """Pop the tasks that are due and reschedule them; the caller runs them."""
-        now = time.monotonic()
-        ran = []
-        while self._heap and (self._heap[0].cancelled or self._heap[0].due <= now):
-            task = heapq.heappop(self._heap)
-            if not task.cancelled:
-                ran.append(task)
-        for task in ran:
-            # From the planned time, so intervals do not drift; missed beats are skipped, not caught
-            # up; jitter spreads a fleet without accumulating.
-            task.base = max(task.base + task.interval, now)
-            task.due = task.base + task.interval * task.jitter * random.random()
-            heapq.heappush(self._heap, task)
-        return ran
-
-
-class _Request:
-    """A callable posted to the engine's thread whose caller waits on the result."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def __call__(self) -> None:
-        if not self.future.set_running_or_notify_cancel():
-            return
-        try:
-            self.future.set_result(self.fn())
-        except BaseException as exc:
-            self.future.set_exception(exc)
 
 
 class Engine:
@@ -270,27 +94,29 @@ class Engine:
         self.work = WorkTracker()
         self.latest: dict[str, Metrics] = {}
         self.services: list[Service] = []
-        self.agent: Any = None  # daemon_app.agent.supervisor.AgentSupervisor when enabled
-        self.manager: Any = None  # daemon_app.comm.link.ManagerLink when manager.address is set
-        self.updates: Any = None  # daemon_app.update.service.UpdateService, always
-        self.remote_config: Any = None  # rconfig.service.RemoteConfigService, remote_config.enabled
+        # The services, each None while it is off; peers reach each other only through the typed
+        # getters the engine hands them (daemon_app.host), never through these attributes.
+        self.agent: AgentSupervisor | None = None  # when agent.enabled
+        self.manager: ManagerLink | None = None  # when manager.address is set
+        self.updates: UpdateService | None = None  # always
+        self.remote_config: RemoteConfigService | None = None  # when remote_config.enabled
         self.last_report: float = 0.0
         self.reports_built = 0
         self._stuck_reporters: dict[str, threading.Thread] = {}
         self.state = "starting"
         # Manager commands by type ("update", "rollback", "agent", ...): handler(command) must return
         # quickly (long work goes to its own thread, inside `engine.busy(...)`).
-        self.command_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self.command_handlers: dict[str, CommandHandler] = {}
         # Extra top-level sections of `daemon status` (e.g. "update"), each a callable -> dict | None.
-        self.status_providers: dict[str, Callable[[], dict[str, Any] | None]] = {}
+        self.status_providers: dict[str, StatusProvider] = {}
         self.control = ControlServer(cfg.daemon.control_socket, self.call)
         self.control.register("status", lambda args: self.status(), on_engine_thread=False)
         self.control.register("reload", lambda args: self.reload("control socket"), timeout=120.0)
-        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._mailbox = Mailbox(lambda: EngineStopping("the daemon is stopping; request refused"))
+        self._stop_reason = ""
         self._lock = InstanceLock(cfg.daemon.work_dir, cfg.daemon.pid_file)
-        self._thread_ident = threading.get_ident()
         self._old_signals: dict[int, Any] = {}
-        self._deaths = ThreadDeaths(lambda: self.post("call", self._check_services))
+        self._deaths = ThreadDeaths(lambda: self.run_soon(self._check_services))
         self._restarts: dict[str, list[float]] = {}
         self.services_failed: dict[str, str] = {}  # service name -> its D-coded error
         self.fatal: DaemonError | None = None  # why run_forever ended non-zero
@@ -300,7 +126,7 @@ class Engine:
 
     def start(self) -> None:
         """Seed §3.1.1 steps 4-8: modules, Agent, Manager connection, registration, timed loops."""
-        self._thread_ident = threading.get_ident()
+        self._mailbox.bind()
         work_dir = self.cfg.daemon.work_dir
         try:
             fsutil.private_dir(work_dir, 0o750, tighten=False)
@@ -340,20 +166,24 @@ class Engine:
             with _starting("manager"):
                 from daemon_app.comm.link import ManagerLink
 
-                self.manager = ManagerLink(cfg, self)
+                self.manager = ManagerLink(cfg, self, agent=lambda: self.agent,
+                                           config_hashes=lambda: self.remote_config)
             self.plugins.register(self.manager, "manager-reporter", version=__version__, source="builtin")
             services.append(self.manager)
         if self.updates is None:
             with _starting("update"):
                 from daemon_app.update.service import UpdateService
 
-                self.updates = UpdateService(self)
+                self.updates = UpdateService(self, agent=lambda: self.agent, link=lambda: self.manager,
+                                             config_pushes=lambda: self.remote_config)
             services.append(self.updates)
         if cfg.remote_config.enabled and self.remote_config is None:
             with _starting("remote_config"):
                 from daemon_app.rconfig.service import RemoteConfigService
 
-                self.remote_config = RemoteConfigService(self)
+                self.remote_config = RemoteConfigService(self, agent=lambda: self.agent,
+                                                         link=lambda: self.manager,
+                                                         updates=lambda: self.updates)
             services.append(self.remote_config)
         return services
 
@@ -443,7 +273,7 @@ class Engine:
                  "stopped_at": rfc3339() if clean else None, "clean": clean,
                  "reports_built": self.reports_built}
         try:
-            write_atomic(self._state_path(), json.dumps(state) + "\n")
+            fsutil.write_atomic(self._state_path(), (json.dumps(state) + "\n").encode(), 0o644)
         except OSError as exc:
             log.warning("cannot save %s: %s", self._state_path(), exc)
 
@@ -567,18 +397,57 @@ class Engine:
             self.work.end(token)
 
     def post(self, command: str, arg: Any = None) -> None:
-        """Thread- and signal-safe: ask the engine's loop to do something ("call", fn) / "reload" / "stop"."""
-        self._commands.put((command, arg))
+        """Thread- and signal-safe: ask the engine's loop to do something: "stop" (arg: why),
+        "reload" (arg: why) or "call" (arg: a callable)."""
+        if command == "stop":
+            self._mailbox.post(lambda: self._request_stop(str(arg)))
+        elif command == "reload":
+            self._mailbox.post(lambda: self._safe("reload", lambda: self.reload(str(arg or ""))))
+        elif command == "call":
+            self.run_soon(arg)
+        else:
+            raise ValueError(f"unknown engine command {command!r}")
 
-    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+    def _request_stop(self, why: str) -> None:
+        if not self._stop_reason:
+            self._stop_reason = why or "request"
+
+    # --- Host (daemon_app.host): what services may ask of the engine -----------------------------
+
+    def adopt_node_id(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    def run_soon(self, fn: Callable[[], Any]) -> None:
+        self._mailbox.post(lambda: self._safe("call", fn))
+
+    def call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """Run `fn` on the engine's thread and return its result (or raise its exception)."""
-        if threading.get_ident() == self._thread_ident:
-            return fn()
-        if self.work.closed:
+        if not self._mailbox.on_owner and self.work.closed:
             raise EngineStopping("the daemon is stopping; request refused")
-        request = _Request(fn)
-        self.post("call", request)
-        return request.future.result(timeout)
+        return self._mailbox.call(fn, timeout)
+
+    def every(self, name: str, interval: float, fn: Callable[[], None], *, first: float = 0.0,
+              jitter: float = 0.0) -> None:
+        self.scheduler.every(name, interval, fn, first=first, jitter=jitter)
+
+    def cancel(self, name: str) -> None:
+        self.scheduler.cancel(name)
+
+    def on_command(self, kind: str, handler: CommandHandler | None) -> None:
+        if handler is None:
+            self.command_handlers.pop(kind, None)
+        else:
+            self.command_handlers[kind] = handler
+
+    def on_control(self, name: str, handler: ControlHandler, *, on_engine_thread: bool = True,
+                   timeout: float = 30.0) -> None:
+        self.control.register(name, handler, on_engine_thread=on_engine_thread, timeout=timeout)
+
+    def begin_work(self, what: str) -> int:
+        return self.work.begin(what)
+
+    def end_work(self, token: int) -> None:
+        self.work.end(token)
 
     def dispatch_command(self, command: dict[str, Any]) -> bool | concurrent.futures.Future[Any]:
         """Route a Manager command ({"id", "type", ...}) to its handler; False if none takes it, the
@@ -596,9 +465,12 @@ class Engine:
             return False
         return outcome if isinstance(outcome, concurrent.futures.Future) else True
 
-    def add_status(self, name: str, provider: Callable[[], dict[str, Any] | None]) -> None:
+    def add_status(self, name: str, provider: StatusProvider | None) -> None:
         """Show `provider()` under `name` in `daemon status` (e.g. the updater under "update")."""
-        self.status_providers[name] = provider
+        if provider is None:
+            self.status_providers.pop(name, None)
+        else:
+            self.status_providers[name] = provider
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -620,23 +492,12 @@ class Engine:
         log.info("daemon ready")
         while True:
             due = self.scheduler.next_due()
-            timeout = None if due is None else due - time.monotonic()
-            try:
-                # Nothing to wait for when a task is due: on CPython 3.9.2 (Debian 11) a blocking
-                # get() with a timeout of 0 was seen to sleep for good, and no task ran again.
-                if timeout is not None and timeout <= 0:
-                    command, arg = self._commands.get_nowait()
-                else:
-                    command, arg = self._commands.get(timeout=timeout)
-            except queue.Empty:
-                command, arg = "", None
-            if command == "stop":
-                log.info("stopping on %s", arg)
+            letter = self._mailbox.take(None if due is None else due - time.monotonic())
+            if letter is not None:
+                letter()
+            if self._stop_reason:
+                log.info("stopping on %s", self._stop_reason)
                 break
-            if command == "reload":
-                self._safe("reload", lambda why=arg: self.reload(why))
-            elif command == "call":
-                self._safe("call", arg)
             self._run_due()
         return self.shutdown()
 
@@ -776,9 +637,7 @@ class Engine:
         EngineStopping when the daemon is already stopping (nothing was closed then)."""
         if self.work.closed:
             raise EngineStopping("the daemon is stopping; not restarting into a new pyz")
-        request = _Request(lambda: self._exec(argv, release))
-        self.post("call", request)
-        request.future.result()
+        self._mailbox.submit(lambda: self._exec(argv, release)).result()
 
     def _exec(self, argv: list[str], release: int | None) -> None:
         self.state = "restarting"
@@ -799,13 +658,7 @@ class Engine:
 
     def _refuse_queued(self) -> None:
         """Requests queued for the loop that will never run get an answer instead of a timeout."""
-        while True:
-            try:
-                command, arg = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if command == "call" and isinstance(arg, _Request):
-                arg.future.set_exception(EngineStopping("the daemon is stopping; request refused"))
+        self._mailbox.close()
 
     # --- status --------------------------------------------------------------------------------
 

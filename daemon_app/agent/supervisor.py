@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -43,6 +43,10 @@ from daemon_app.agent.snapshot import AgentSnapshot, AgentState
 from daemon_app.errors import AgentHealthError, AgentStartError, AgentStopError, DaemonError
 from daemon_app.metrics import rfc3339
 from daemon_app.wakeup import WakePipe
+
+if TYPE_CHECKING:
+    from daemon_app.config import Config
+    from daemon_app.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +88,9 @@ class AgentSupervisor:
 
     name = "agent"
 
-    def __init__(self, cfg: Any, engine: Any) -> None:
+    def __init__(self, cfg: Config, host: Host) -> None:
         self.cfg = cfg
-        self.engine = engine
+        self.host = host
         self.state = STOPPED
         self.pid = 0
         work = cfg.daemon.work_dir
@@ -123,7 +127,7 @@ class AgentSupervisor:
         self._health_checks = 0
         self._sample = health_mod.Sample(0.0, 0, 0)
         self._measured = False
-        engine.command_handlers["agent"] = self.handle_command
+        host.on_command("agent", self.handle_command)
 
     # --- Service -------------------------------------------------------------------------------
 
@@ -287,7 +291,7 @@ class AgentSupervisor:
                      **fields}
             log.info("agent event %s (state %s, pid %s)", event_type, self.state, self.pid or "-",
                      extra={"agent_event": event})
-            self.engine.plugins.post_event(event)
+            self.host.plugins.post_event(event)
             return event
 
     def handle_command(self, command: dict[str, Any]) -> concurrent.futures.Future[Any] | None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon_app.comm import failures, messages, tls
 from daemon_app.comm.outbox import Outbox
+from daemon_app.comm.snapshot import LinkSnapshot
 from daemon_app.errors import ManagerConnectError, ManagerRegisterError, ManagerReportError
 from daemon_app.hookspecs import hookimpl
 from daemon_app.metrics import rfc3339
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from grpclib.config import Configuration
 
     from daemon_app.comm.rpc import DaemonServiceClient
+    from daemon_app.config import Config
+    from daemon_app.host import AgentReport, ConfigHashes, Host, Peer
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +153,12 @@ class ManagerLink:
 
     name = "manager"
 
-    def __init__(self, cfg: Any, engine: Any) -> None:
+    def __init__(self, cfg: Config, host: Host, *, agent: Peer[AgentReport],
+                 config_hashes: Peer[ConfigHashes]) -> None:
         self.cfg = cfg
-        self.engine = engine
+        self.host = host
+        self._agent = agent  # what heartbeats and registration say of the Agent
+        self._config_hashes = config_hashes  # what heartbeats say of the remote config in effect
         self._outbox: Outbox | None = None
         self._outbox_lock = threading.Lock()
         self._progress_lock = threading.Lock()
@@ -236,6 +242,12 @@ class ManagerLink:
             self._reconnect = True
             self._wake()
 
+    def snapshot(self) -> LinkSnapshot:
+        """What other parts read of the link (the self-update's commit check, the status line)."""
+        box = self.outbox
+        return LinkSnapshot(state=self._state, connected=self._connected, registered=self._registered,
+                            acked_seq=box.acked_seq, last_seq=box.last_seq, outbox_depth=box.depth)
+
     def status(self) -> dict[str, Any]:
         box = self.outbox
         return {
@@ -287,7 +299,7 @@ class ManagerLink:
         recorded to answer a re-delivery, and only once per command (a second end is logged, not sent)."""
         if state not in messages.TERMINAL_STATES and state not in messages.PROGRESS_STATES:
             raise ValueError(f"unknown command state {state!r}")
-        msg = messages.status_to_pb(self.engine.node_id, command_id, state, percent, message, result)
+        msg = messages.status_to_pb(self.host.node_id, command_id, state, percent, message, result)
         if state in messages.TERMINAL_STATES:
             if not self.outbox.put_result(command_id, msg.SerializeToString()):
                 log.warning("command %s already ended; its later %r status is not sent", command_id, state)
@@ -405,9 +417,10 @@ class ManagerLink:
         self._gen += 1
         gen = self._gen
         stub = DaemonServiceClient(self._channel)
-        agent = self.engine.agent.agent_status() if getattr(self.engine, "agent", None) is not None else {}
+        agent_report = self._agent()
+        agent = agent_report.agent_status() if agent_report is not None else {}
         agent_version = str((agent or {}).get("version") or "")
-        info = messages.node_info(self.engine.node_id, self.cfg, agent_version, rfc3339())
+        info = messages.node_info(self.host.node_id, self.cfg, agent_version, rfc3339())
         resp = await stub.Register(pb.RegisterRequest(node=info), timeout=self._call_timeout())
         self._contact()
         self._adopt_node_id(resp.node_id)
@@ -418,7 +431,7 @@ class ManagerLink:
         if resp.acked_seq:
             box.ack(resp.acked_seq)
         log.info("registered with manager %s as node %s (client cert CN %s, serial %s); outbox holds %d",
-                 mcfg.address, self.engine.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
+                 mcfg.address, self.host.node_id, self._cert.get("subject_cn"), self._cert.get("serial"),
                  box.depth)
         self._state = "ready"
         self._start_stream_task(stub, gen)
@@ -430,7 +443,7 @@ class ManagerLink:
         before included (the id is set when they are sent); an empty one keeps the current id."""
         from daemon_app.nodeid import keep_manager_node_id
 
-        current = self.engine.node_id
+        current = self.host.node_id
         if not assigned or assigned == current:
             return
         problem = messages.node_id_problem(assigned)
@@ -439,7 +452,7 @@ class ManagerLink:
                       current, extra={"code": ManagerRegisterError.code})
             return
         keep_manager_node_id(self.cfg.daemon.work_dir, assigned)
-        self.engine.node_id = assigned
+        self.host.adopt_node_id(assigned)
         log.warning("the manager assigned this node the id %s (was %s); it is kept in %s/node_id.manager",
                     assigned, current, self.cfg.daemon.work_dir)
 
@@ -492,7 +505,7 @@ class ManagerLink:
             if isinstance(exc, ManagerReportError):
                 err: Any = exc
             else:
-                err = failures.describe_failure(exc, "report", self.cfg.manager, self.engine.node_id)
+                err = failures.describe_failure(exc, "report", self.cfg.manager, self.host.node_id)
             self._report_attempt += 1
             mcfg = self.cfg.manager
             cap = min(mcfg.reconnect_max, mcfg.reconnect_interval * 2 ** min(self._report_attempt - 1, 30))
@@ -518,7 +531,7 @@ class ManagerLink:
                 if not self._progress:
                     break
                 msg = self._progress[0]
-            msg.node_id = self.engine.node_id  # the Manager may have assigned another since
+            msg.node_id = self.host.node_id  # the Manager may have assigned another since
             await stub.ReportCommandStatus(msg, timeout=self._call_timeout())
             self._contact()
             with self._progress_lock:
@@ -530,7 +543,7 @@ class ManagerLink:
 
         for status_id, body in self.outbox.pending_statuses():
             status = pb.CommandStatus.FromString(body)
-            status.node_id = self.engine.node_id
+            status.node_id = self.host.node_id
             await stub.ReportCommandStatus(status, timeout=self._call_timeout())
             self._contact()
             self.outbox.remove_status(status_id)
@@ -544,7 +557,7 @@ class ManagerLink:
             return False
         rows = box.peek(self.cfg.manager.outbox.batch_size)
         self._phase = "report"
-        node_id = self.engine.node_id
+        node_id = self.host.node_id
         batch = pb.ReportBatch(node_id=node_id)
         dropped = box.dropped
         size = 0
@@ -572,13 +585,14 @@ class ManagerLink:
 
         self._phase = "heartbeat"
         box = self.outbox
-        req = pb.HeartbeatRequest(node_id=self.engine.node_id, timestamp=rfc3339(), outbox_depth=box.depth,
+        req = pb.HeartbeatRequest(node_id=self.host.node_id, timestamp=rfc3339(), outbox_depth=box.depth,
                                   outbox_dropped=box.dropped)
-        if getattr(self.engine, "agent", None) is not None:
-            agent = messages.agent_status_to_pb(self.engine.agent.agent_status())
+        agent_report = self._agent()
+        if agent_report is not None:
+            agent = messages.agent_status_to_pb(agent_report.agent_status())
             if agent is not None:
                 req.agent_status.CopyFrom(agent)
-        remote_config = getattr(self.engine, "remote_config", None)
+        remote_config = self._config_hashes()
         if remote_config is not None:
             req.agent_config_hash = remote_config.effective_hash
             req.daemon_settings_hash = remote_config.settings_hash
@@ -607,7 +621,7 @@ class ManagerLink:
     def _rpc_failed(self, exc: BaseException) -> None:
         """A failed call or connection attempt, logged with its D-code and its cause in words."""
         channel = self._channel
-        err = failures.describe_failure(exc, self._phase, self.cfg.manager, self.engine.node_id,
+        err = failures.describe_failure(exc, self._phase, self.cfg.manager, self.host.node_id,
                                         lost_with=getattr(channel, "lost_with", None),
                                         silent=bool(getattr(channel, "silent_after_handshake", False)))
         self._problem(str(err), err.code)
@@ -669,7 +683,7 @@ class ManagerLink:
         while not self._stop.is_set() and gen == self._gen:
             try:
                 async with stub.Commands.open(timeout=STREAM_SECONDS) as stream:
-                    await stream.send_message(pb.CommandStreamRequest(node_id=self.engine.node_id), end=True)
+                    await stream.send_message(pb.CommandStreamRequest(node_id=self.host.node_id), end=True)
                     self._stream_state, self._stream_opened_at = "open", time.time()
                     async for cmd in stream:
                         attempt = 0
@@ -752,7 +766,7 @@ class ManagerLink:
         def dispatch() -> None:
             outcome: Any = None
             try:
-                outcome = self.engine.dispatch_command(d)
+                outcome = self.host.dispatch_command(d)
                 handled = outcome is not False
                 error = "" if handled else f"no handler for command type {d['type']!r} in this daemon"
             except Exception as exc:  # a failing handler still owes the Manager an answer
@@ -770,4 +784,4 @@ class ManagerLink:
                 self.send_command_status(cid, "completed", message=f"{what}: taken",
                                          result={"success": True, "component": d.get("component", "")})
 
-        self.engine.post("call", dispatch)
+        self.host.run_soon(dispatch)

@@ -2,7 +2,7 @@
 roll back to the last-known-good) and `daemon_settings` (allow-listed keys, checked by the schema,
 applied by a reload), each answered with exactly one terminal status.
 
-One push at a time, on its own thread `remote-config` (inside `engine.busy`, so shutdown waits).
+One push at a time, on its own thread `remote-config` (inside `host.busy`, so shutdown waits).
 The verify rule (docs/contract.md): within `remote_config.verify_timeout` after the Agent was
 restarted with the new file, the Agent process running at the end must have sent a heartbeat, and at
 most ONE Agent process may have ended meanwhile (a crash, or a restart by a failed health check):
@@ -23,13 +23,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon_app import command_status, remote_settings
 from daemon_app import config as config_mod
 from daemon_app.agent.snapshot import AgentState, LastExit
 from daemon_app.errors import ConfigValidateError, DaemonError, RemoteConfigError
 from daemon_app.rconfig.store import ConfigStore, digest, short
+
+if TYPE_CHECKING:
+    from daemon_app.config import Config
+    from daemon_app.host import AgentControl, CommandStatusSink, Host, Peer, UpdateJobs
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +68,12 @@ class RemoteConfigService:
 
     name = "remote_config"
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, host: Host, *, agent: Peer[AgentControl], link: Peer[CommandStatusSink],
+                 updates: Peer[UpdateJobs]) -> None:
+        self.host = host
+        self._agent = agent
+        self._link = link
+        self._updates = updates  # an update stops and starts the Agent too: one at a time
         self._lock = threading.Lock()
         self._busy = ""
         self._last: dict[str, Any] | None = None
@@ -73,10 +81,10 @@ class RemoteConfigService:
         self.settings_hash = ""  # of the daemon settings set remotely; heartbeats carry it too
 
     def start(self) -> None:
-        self.engine.command_handlers[COMPONENT] = self.handle_command
-        self.engine.command_handlers[SETTINGS] = self.handle_settings
-        self.settings_hash = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
-        self.engine.add_status("remote_config", lambda: self._last)
+        self.host.on_command(COMPONENT, self.handle_command)
+        self.host.on_command(SETTINGS, self.handle_settings)
+        self.settings_hash = remote_settings.digest(remote_settings.read(self.host.cfg.daemon.work_dir))
+        self.host.add_status("remote_config", lambda: self._last)
         store = self._store()
         self._refresh_hash(store)
         try:
@@ -102,17 +110,17 @@ class RemoteConfigService:
             self.effective_hash = ""
 
     def _store(self) -> ConfigStore:
-        cfg = self.engine.cfg
+        cfg = self.host.cfg
         return ConfigStore(cfg.agent.config_file, cfg.daemon.work_dir)
 
     def stop(self, deadline: float) -> None:
         """Take no more pushes (remote_config.enabled turned off by a reload). Shutdown itself
-        waits for a push in flight: it runs inside engine.busy."""
-        self.engine.command_handlers.pop(COMPONENT, None)
-        self.engine.command_handlers.pop(SETTINGS, None)
-        self.engine.status_providers.pop("remote_config", None)
+        waits for a push in flight: it runs inside host.busy."""
+        self.host.on_command(COMPONENT, None)
+        self.host.on_command(SETTINGS, None)
+        self.host.add_status("remote_config", None)
 
-    def reload(self, cfg: Any) -> None:
+    def reload(self, cfg: Config) -> None:
         """Each push reads the engine's config of the moment."""
 
     def status(self) -> dict[str, Any]:
@@ -124,7 +132,7 @@ class RemoteConfigService:
         """{"id", "type": "agent_config", "content": bytes}; returns at once, answers later."""
         cid = str(command.get("id") or "")
         content = command.get("content")
-        cfg = self.engine.cfg
+        cfg = self.host.cfg
         if not isinstance(content, (bytes, bytearray)):
             self._answer(cid, "rejected", f"D6001 agent config {cid}: content must be bytes", "", "")
             return
@@ -133,11 +141,10 @@ class RemoteConfigService:
             self._answer(cid, "rejected", f"D6001 agent config {cid}: {len(content)} bytes is larger than "
                          f"remote_config.max_agent_config_bytes ({cap}); nothing changed", "", "")
             return
-        updates = self.engine.updates
-        job = updates.status() if updates is not None else None
+        updates = self._updates()
+        job = updates.in_progress() if updates is not None else ""
         if job:  # both would stop and start the Agent: one at a time
-            self._answer(cid, "failed", f"D6001 agent config {cid}: an update is in progress "
-                         f"({job.get('kind')} of {job.get('component')}, id {job.get('id')}); "
+            self._answer(cid, "failed", f"D6001 agent config {cid}: an update is in progress ({job}); "
                          "nothing changed", "", digest(bytes(content)))
             return
         with self._lock:
@@ -168,7 +175,7 @@ class RemoteConfigService:
                     or len(value) > remote_settings.MAX_VALUE:
                 return reject(f"setting {str(key)[:60]!r}: keys of at most {remote_settings.MAX_KEY} and "
                               f"values of at most {remote_settings.MAX_VALUE} characters")
-        allowed = list(self.engine.cfg.remote_config.allowed_keys)
+        allowed = list(self.host.cfg.remote_config.allowed_keys)
         refused = sorted(k for k in values if not remote_settings.settable(k, allowed))
         if refused:
             return reject(f"not settable remotely: {', '.join(refused)} (remote_config.allowed_keys; code, "
@@ -186,8 +193,8 @@ class RemoteConfigService:
     def _apply_settings(self, cid: str, values: dict[str, Any]) -> None:
         """Check the settings with the config file through the schema, keep them, reload; a reload
         the engine refuses puts the previous settings back (rolled_back)."""
-        e = self.engine
-        work_dir, source = e.cfg.daemon.work_dir, e.cfg.source
+        host = self.host
+        work_dir, source = host.cfg.daemon.work_dir, host.cfg.source
         current = remote_settings.read(work_dir)
         new = {**current, **values}
         old_h, new_h = remote_settings.digest(current), remote_settings.digest(new)
@@ -208,7 +215,7 @@ class RemoteConfigService:
         # A crash from here on: the next start loads the new settings and answers (see _recover).
         store.write_journal("swapping", command_id=cid, kind=SETTINGS, old=old_h, new=new_h)
         remote_settings.write(work_dir, new)
-        result = e.call(lambda: e.reload(f"daemon settings {cid}"), timeout=120.0)
+        result = host.call(lambda: host.reload(f"daemon settings {cid}"), timeout=120.0)
         if result.get("reloaded"):
             later = result.get("restart_required") or []
             answer("completed", f"daemon settings {short(new_h)} applied: "
@@ -216,7 +223,7 @@ class RemoteConfigService:
                    + (f"; at the next restart: {', '.join(later)}" if later else ""))
         else:
             remote_settings.write(work_dir, current)
-            e.call(lambda: e.reload(f"daemon settings {cid} undone"), timeout=120.0)
+            host.call(lambda: host.reload(f"daemon settings {cid} undone"), timeout=120.0)
             answer("rolled_back", f"D6001 daemon settings {short(new_h)}: the reload was refused "
                    f"({'; '.join(result.get('errors') or [])}); restored {short(old_h)}", rolled_back=True)
         store.clear_journal()
@@ -224,7 +231,7 @@ class RemoteConfigService:
     def _run(self, cid: str, content: bytes, work: Callable[[], None], kind: str = COMPONENT) -> None:
         what = kind.replace("_", " ")
         try:
-            with self.engine.busy(f"{what} {cid}"):
+            with self.host.busy(f"{what} {cid}"):
                 work()
         except Exception as exc:  # every push owes the Manager one answer
             code = exc.code if isinstance(exc, DaemonError) else "D6001"
@@ -272,7 +279,7 @@ class RemoteConfigService:
         old, new = str(entry.get("old") or ""), str(entry.get("new") or "")
         if entry.get("kind") == SETTINGS:
             # This start loaded whatever settings file the crash left, so the answer is what is in effect.
-            now = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
+            now = remote_settings.digest(remote_settings.read(self.host.cfg.daemon.work_dir))
             if now == new:
                 self._answer(cid, "completed", f"daemon settings {short(new)} applied (at the daemon's "
                              "restart: it stopped during the push)", old, new, component=SETTINGS)
@@ -302,7 +309,7 @@ class RemoteConfigService:
                       rolled_back=True)
 
     def _push(self, cid: str, content: bytes) -> None:
-        cfg = self.engine.cfg
+        cfg = self.host.cfg
         store = self._store()
         new = digest(content)
         old_content = store.current()
@@ -311,9 +318,9 @@ class RemoteConfigService:
             self._answer(cid, "completed", f"agent config {short(new)} is already effective; nothing to do",
                          old, new)
             return
-        if self.engine.agent is None:
+        if self._agent() is None:
             raise RemoteConfigError("agent supervision is off (agent.enabled: false)")
-        vetoes = self.engine.plugins.vetoes("pre_config", request={
+        vetoes = self.host.plugins.vetoes("pre_config", request={
             "command_id": cid, "kind": COMPONENT, "old": old, "new": new, "size": len(content)})
         if vetoes:
             self._answer(cid, "rejected", f"D6001 agent config {short(new)} vetoed {'; '.join(vetoes)}; "
@@ -352,13 +359,13 @@ class RemoteConfigService:
 
     def _apply_and_verify(self) -> Verdict:
         """Restart the Agent with the file now in place, then watch it (the rule in the module doc)."""
-        sup = self.engine.agent
+        sup = self._agent()
         if sup is None:
             return Verdict(False, "lost its supervisor (agent.enabled turned off)")
-        timeout = self.engine.cfg.remote_config.verify_timeout
+        timeout = self.host.cfg.remote_config.verify_timeout
         baseline = sup.snapshot().heartbeats_received
         # sighup: the running Agent re-reads its file; one that is not running is started instead.
-        if self.engine.cfg.agent.config_reload != "sighup" or not sup.signal_agent(signal.SIGHUP):
+        if self.host.cfg.agent.config_reload != "sighup" or not sup.signal_agent(signal.SIGHUP):
             sup.stop_agent()
             baseline = sup.snapshot().heartbeats_received
             try:
@@ -405,12 +412,12 @@ class RemoteConfigService:
         self._last = {"id": cid, "state": state, "message": message, "old": old, "new": new,
                       "time": time.time()}
         self._refresh_hash(self._store())
-        self.settings_hash = remote_settings.digest(remote_settings.read(self.engine.cfg.daemon.work_dir))
+        self.settings_hash = remote_settings.digest(remote_settings.read(self.host.cfg.daemon.work_dir))
         self._send(cid, state, 100.0, message, result)
-        self.engine.plugins.call_each("post_config", result={
+        self.host.plugins.call_each("post_config", result={
             "command_id": cid, "kind": component, "state": state, "message": message, "old_version": old,
             "new_version": new, "rolled_back": rolled_back})
 
     def _send(self, cid: str, state: str, percent: float, message: str,
               result: dict[str, Any] | None) -> None:
-        command_status.send_quietly(self.engine.manager, cid, state, percent, message, result)
+        command_status.send_quietly(self._link(), cid, state, percent, message, result)

@@ -18,11 +18,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon_app import command_status
 from daemon_app.agent.snapshot import LastExit
-from daemon_app.comm.snapshot import LinkSnapshot
 from daemon_app.errors import AgentStartError, ControlError, DaemonError
 from daemon_app.update import commands, testpoint
 from daemon_app.update.errors import MalformedManifestError, UpdateInProgressError
@@ -30,6 +29,10 @@ from daemon_app.update.flow import COMPLETED, FAILED, ROLLED_BACK, Updater, Upda
 from daemon_app.update.manifest import COMPONENTS
 from daemon_app.update.selfupdate import PENDING, commit_pending_update, process_start, read_marker
 from daemon_app.update.state import Journal
+
+if TYPE_CHECKING:
+    from daemon_app.config import Config
+    from daemon_app.host import AgentControl, ConfigPushes, Host, LinkHealth, Peer
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +84,22 @@ def _exit_text(last_exit: LastExit | None) -> str:
 
 
 class EngineSupervisor:
-    """The update's Supervisor interface over `engine.agent` (which a reload may replace).
+    """The update's Supervisor interface over the Agent supervisor of the moment (a reload may
+    replace it, or turn it off).
 
     Two things beyond the plain supervisor: a heartbeat that arrives between starting the Agent and
     waiting for it still counts (the count is taken before the start), and an Agent that exits
     instead of heartbeating fails the check at once instead of after the whole verify_timeout.
     """
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, agent: Peer[AgentControl]) -> None:
+        self._agent = agent
         self._baseline = 0
         self._pid = 0
         self.failure = ""  # why the last wait_for_heartbeat failed, when the Agent exited
 
-    def _sup(self) -> Any:
-        sup = self.engine.agent
+    def _sup(self) -> AgentControl:
+        sup = self._agent()
         if sup is None:
             raise AgentStartError("agent: supervision is off (agent.enabled: false)")
         return sup
@@ -133,18 +137,25 @@ class EngineSupervisor:
     def emit(self, event_type: str, **fields: Any) -> None:
         self._sup().emit(event_type, **fields)
 
+    @property
+    def enabled(self) -> bool:
+        return self._agent() is not None
+
 
 class UpdateService:
     """Engine service "update": command handlers, control commands, status, recovery, self-update commit."""
 
     name = "update"
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, host: Host, *, agent: Peer[AgentControl], link: Peer[LinkHealth],
+                 config_pushes: Peer[ConfigPushes]) -> None:
+        self.host = host
+        self._link = link
+        self._config_pushes = config_pushes  # a config push restarts the Agent too: one at a time
         self._lock = threading.Lock()
         self._job: Job | None = None
         self._jobs: dict[str, Job] = {}
-        self._supervisor = EngineSupervisor(engine)
+        self._supervisor = EngineSupervisor(agent)
         self._awaiting: Job | None = None  # the self-update job waiting for this daemon to be healthy
         self._seq_mark = 0
 
@@ -152,16 +163,17 @@ class UpdateService:
 
     def start(self) -> None:
         """Register the handlers, then settle an update a crash or a self-update left behind."""
-        e = self.engine
-        e.command_handlers["update"] = self.handle_command
-        e.command_handlers["rollback"] = self.handle_command
-        e.control.register("update", self._control_update, on_engine_thread=False)
-        e.control.register("rollback", self._control_rollback, on_engine_thread=False)
-        e.control.register("update-progress", self._control_progress, on_engine_thread=False)
-        e.add_status("update", self.status_section)
+        host = self.host
+        host.on_command("update", self.handle_command)
+        host.on_command("rollback", self.handle_command)
+        host.on_control("update", self._control_update, on_engine_thread=False)
+        host.on_control("rollback", self._control_rollback, on_engine_thread=False)
+        host.on_control("update-progress", self._control_progress, on_engine_thread=False)
+        host.add_status("update", self.status_section)
         # Reports this daemon makes get higher seqs: one of them acked proves the link works end to end.
-        self._seq_mark = int(e.manager.outbox.last_seq) if e.manager is not None else 0
-        entry = Journal(e.cfg.daemon.work_dir).read()
+        link = self._link()
+        self._seq_mark = link.snapshot().last_seq if link is not None else 0
+        entry = Journal(host.cfg.daemon.work_dir).read()
         if entry is None:
             self._updater().recover()  # nothing interrupted: only removes stray downloads
             return
@@ -173,11 +185,16 @@ class UpdateService:
     def stop(self, deadline: float) -> None:
         """Nothing to stop: shutdown already waited for the job (it is work in flight)."""
 
-    def reload(self, cfg: Any) -> None:
+    def reload(self, cfg: Config) -> None:
         """Each job builds its Updater from the engine's config of the moment."""
 
     def status(self) -> dict[str, Any]:
         return self.status_section() or {}
+
+    def in_progress(self) -> str:
+        """UpdateJobs (daemon_app.host): the update in flight, or ""."""
+        job = self._job
+        return job.describe() if job is not None else ""
 
     def status_section(self) -> dict[str, Any] | None:
         job = self._job
@@ -232,9 +249,8 @@ class UpdateService:
     # --- jobs -------------------------------------------------------------------------------------
 
     def _updater(self) -> Updater:
-        e = self.engine
-        return Updater(e.cfg, plugins=e.plugins, supervisor=self._supervisor if e.agent is not None else None,
-                       daemon_restart=self._restart)
+        sup = self._supervisor if self._supervisor.enabled else None
+        return Updater(self.host.cfg, plugins=self.host.plugins, supervisor=sup, daemon_restart=self._restart)
 
     def _submit(self, kind: str, component: str, request_id: str, *, from_manager: bool,
                 work: Callable[[Callable[..., None]], UpdateResult | None]) -> Job:
@@ -242,7 +258,7 @@ class UpdateService:
             if self._job is not None:
                 raise UpdateInProgressError(f"another update is in progress ({self._job.describe()})")
             job = Job(request_id, kind, component, from_manager)
-            job.token = self.engine.work.begin(f"update: {kind} {component} {request_id}")
+            job.token = self.host.begin_work(f"update: {kind} {component} {request_id}")
             self._job = job
             self._jobs[job.id] = job
             for old in list(self._jobs)[:-KEEP_JOBS]:
@@ -272,7 +288,7 @@ class UpdateService:
     def _release(self, job: Job) -> None:
         with self._lock:
             if job.token is not None:
-                self.engine.work.end(job.token)
+                self.host.end_work(job.token)
                 job.token = None
 
     def _end(self, job: Job) -> None:
@@ -299,7 +315,7 @@ class UpdateService:
 
     def _send(self, command_id: str, state: str, percent: float, message: str,
               result: dict[str, Any] | None) -> None:
-        command_status.send_quietly(self.engine.manager, command_id, state, percent, message, result)
+        command_status.send_quietly(self._link(), command_id, state, percent, message, result)
 
     # --- crash recovery and the self-update commit --------------------------------------------------
 
@@ -307,40 +323,39 @@ class UpdateService:
         result = self._updater().recover(progress)
         if result is not None:
             return result
-        work_dir = self.engine.cfg.daemon.work_dir
+        work_dir = self.host.cfg.daemon.work_dir
         marker = read_marker(work_dir)
         if marker and marker.get("status") == PENDING and marker.get("pid") == os.getpid() \
                 and marker.get("pid_start") == process_start(os.getpid()):
             job = self._job
             self._awaiting = job
-            what = "registered with the manager and one report acknowledged" if self.engine.manager \
+            what = "registered with the manager and one report acknowledged" if self._link() is not None \
                 else "a report made (stand-alone)"
             log.info("daemon %s running; committing the self-update once %s", marker.get("new_version"), what)
-            self.engine.post("call", lambda: self.engine.scheduler.every(COMMIT_TASK, COMMIT_CHECK_EVERY,
-                                                                          self._check_commit))
+            self.host.run_soon(lambda: self.host.every(COMMIT_TASK, COMMIT_CHECK_EVERY, self._check_commit))
         return None
 
     def healthy(self) -> bool:
         """The new daemon is doing its job: registered and a report of its own acknowledged by the
         Manager, or, stand-alone, a report made and handed to the reporters."""
-        manager = self.engine.manager
+        manager = self._link()
         if manager is None:
-            return self.engine.reports_built >= 1
-        link = LinkSnapshot.from_status(manager.status())
+            return self.host.reports_built >= 1
+        link = manager.snapshot()
         return link.registered and link.acked_seq > self._seq_mark
 
     def _check_commit(self) -> None:
         """On the engine's thread, every COMMIT_CHECK_EVERY s until committed or rolled back."""
         job = self._awaiting
-        cfg = self.engine.cfg
+        cfg = self.host.cfg
         marker = read_marker(cfg.daemon.work_dir)
         if job is None or not marker or marker.get("status") != PENDING:
             # The watcher rolled back (it stops this daemon next) or there is nothing to do.
-            self.engine.scheduler.cancel(COMMIT_TASK)
+            self.host.cancel(COMMIT_TASK)
             return
         if not self.healthy():
             return
-        self.engine.scheduler.cancel(COMMIT_TASK)
+        self.host.cancel(COMMIT_TASK)
         testpoint.reached("before_commit")
         result = commit_pending_update(cfg.daemon.work_dir, backup_dir=cfg.update.backup_dir,
                                        max_backups=cfg.update.max_backups)
@@ -356,14 +371,14 @@ class UpdateService:
         """DaemonTarget's restart: close everything (not the Agent) and exec into the new pyz."""
         from daemon_app import buildinfo
 
-        cfg = self.engine.cfg
+        cfg = self.host.cfg
         path = os.path.abspath(cfg.update.daemon_path or buildinfo.pyz_path() or "")
         job = self._job
         token = job.token if job is not None else None
         if job is not None:
             job.token = None
         try:
-            self.engine.restart_into([sys.executable, path, *sys.argv[1:]], release=token)
+            self.host.restart_into([sys.executable, path, *sys.argv[1:]], release=token)
         except BaseException:
             if job is not None and token is not None:
                 job.token = token

@@ -45,7 +45,7 @@ def test_a_hanging_event_plugin_does_not_delay_an_agent_restart_and_drops_are_co
         harness.track(sup.pid)
         wait_until(lambda: sup.state == "RUNNING", 10, what="the new Agent RUNNING")
         # started (held by the plugin), then running, exited, restarting, started, running: 2 fit.
-        status = sup.engine.status()["plugin_events"]
+        status = sup.host.status()["plugin_events"]
         assert status["busy_with"] == "hangs" and status["queued"] == 2
         assert status["dropped"] == status["posted"] - 3 >= 3
     finally:

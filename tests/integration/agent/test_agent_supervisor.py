@@ -245,7 +245,7 @@ def test_stop_escalates_to_sigkill_for_the_whole_group(harness):
 
 def test_manager_commands_start_stop_restart_reset(harness):
     sup, rec = harness.supervisor()
-    engine = sup.engine
+    engine = sup.host
     wait_until(lambda: sup.state == "RUNNING", 10, what="RUNNING")
     first = harness.track(sup.pid)
     assert engine.dispatch_command({"type": "agent", "action": "restart", "id": "c1"})

@@ -85,7 +85,8 @@ def test_a_manager_that_goes_silent_is_noticed_by_keepalive_and_the_link_comes_b
         "address": proxy.address, "tls": node_tls(pki_dir), "reconnect_interval": "100ms",
         "reconnect_max": "500ms", "heartbeat_interval": "600s", "timeout": "60s",
         "keepalive_time": "1s", "keepalive_timeout": "1s"}))
-    link = ManagerLink(cfg, EngineStandIn("keepalive-node"))
+    link = ManagerLink(cfg, EngineStandIn("keepalive-node"), agent=lambda: None,
+                      config_hashes=lambda: None)
     link.start()
     try:
         wait_until(lambda: link.status()["registered"], timeout=15, what="registration")

@@ -15,16 +15,17 @@ from tests.integration.manager.conftest import Manager, free_port, node_tls
 
 
 class EngineStandIn:
-    """What the link uses of the engine: node_id, agent, post("call", fn), dispatch_command(d)."""
+    """The link's Host (daemon_app.host), reduced to what the link uses."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.agent = None
         self.commands: list[dict] = []
 
-    def post(self, command: str, fn) -> None:
-        assert command == "call"
+    def run_soon(self, fn) -> None:
         fn()
+
+    def adopt_node_id(self, node_id: str) -> None:
+        self.node_id = node_id
 
     def dispatch_command(self, command: dict) -> bool:
         self.commands.append(command)
@@ -39,7 +40,7 @@ def _link(work, address, pki_dir, node_id="link-node") -> ManagerLink:
     cfg = config.validate(base_config(work, manager={
         "address": address, "tls": node_tls(pki_dir), "reconnect_interval": "50ms", "reconnect_max": "200ms",
         "heartbeat_interval": "1s", "timeout": "3s"}))
-    return ManagerLink(cfg, EngineStandIn(node_id))
+    return ManagerLink(cfg, EngineStandIn(node_id), agent=lambda: None, config_hashes=lambda: None)
 
 
 @pytest.mark.timeout(30)
@@ -63,8 +64,8 @@ def test_commands_reach_the_engine_as_plain_dicts_once(manager, tmp_path, pki_di
         cid = store.enqueue_command("link-node", {"type": "update", "component": "agent",
                                                   "url": "https://127.0.0.1/a", "manifest": manifest,
                                                   "manifest_sig": "c2lnbmF0dXJl"})
-        wait_until(lambda: link.engine.commands, timeout=5, what="the command at the engine")
-        assert link.engine.commands == [{"id": cid, "type": "update", "component": "agent",
+        wait_until(lambda: link.host.commands, timeout=5, what="the command at the engine")
+        assert link.host.commands == [{"id": cid, "type": "update", "component": "agent",
                                          "url": "https://127.0.0.1/a", "manifest": manifest,
                                          "manifest_sig": "c2lnbmF0dXJl"}]
         # A reconnect re-delivers the unanswered command; the link does not run it twice.
@@ -78,7 +79,7 @@ def test_commands_reach_the_engine_as_plain_dicts_once(manager, tmp_path, pki_di
         command = wait_until(lambda: _in_state(store, "completed"), timeout=10, what="the final status")
         assert command["result"] == {"success": True, "old_version": "1.0.0", "new_version": "2.0.0",
                                      "error": "", "rolled_back": False, "component": "agent"}
-        assert len(link.engine.commands) == 1
+        assert len(link.host.commands) == 1
     finally:
         link.stop(time.monotonic() + 5)
 

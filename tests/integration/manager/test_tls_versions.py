@@ -23,7 +23,8 @@ def _link(work, address, pki_dir, **tls) -> ManagerLink:
     cfg = config.validate(base_config(work, manager={
         "address": address, "tls": {**node_tls(pki_dir), **tls}, "reconnect_interval": "50ms",
         "reconnect_max": "200ms", "timeout": "3s"}))
-    return ManagerLink(cfg, EngineStandIn("tls-node"))
+    return ManagerLink(cfg, EngineStandIn("tls-node"), agent=lambda: None,
+                      config_hashes=lambda: None)
 
 
 @pytest.mark.timeout(30)
