@@ -141,19 +141,14 @@ def collect_cmd(obj: Ctx, once: bool, fmt: str, debug: bool) -> None:
     Exits 1 when a collector failed or timed out; the others are still printed.
     """
     from daemon_app import logs, plugins
-    from daemon_app.collection import CollectorRunner
+    from daemon_app.collection import CollectorRunner, enabled_calls
 
     cfg = obj.load()
     # Each failure is logged once on stderr (with D5001 and the collector's name) as it happens.
     logs.setup("debug" if debug else "error", "", stderr=True)
     loaded = plugins.load_all(cfg)
     runner = CollectorRunner()
-    calls = []
-    for name, fn in loaded.implementations("collect"):
-        ccfg = cfg.collector(name)
-        if ccfg.enabled:
-            calls.append((name, fn, ccfg, ccfg.timeout))
-    outcomes = runner.run(calls)
+    outcomes = runner.run(enabled_calls(cfg, loaded.implementations("collect")))
     runner.close()
     result: dict[str, Any] = {}
     for outcome in outcomes:
@@ -500,29 +495,12 @@ def reload_cmd(obj: Ctx, socket_path: str | None) -> None:
 
 # --- update / rollback --------------------------------------------------------------------------
 
-def _running_daemon(work_dir: str) -> str | None:
-    """The pid of a daemon holding <work_dir>/daemon.lock, or None."""
-    import fcntl
-
-    try:
-        fd = os.open(os.path.join(work_dir, "daemon.lock"), os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-    finally:
-        os.close(fd)
-
-
 def _through_daemon(cfg: config_mod.Config, socket_path: str | None, cmd: str, args: dict[str, Any]) -> bool:
     """When a daemon owns work_dir, hand the request to it (control socket) and follow its progress
     to the end; return False when no daemon runs (the caller then acts directly, under the lock)."""
-    from daemon_app import control
+    from daemon_app import control, instance
 
-    pid = _running_daemon(cfg.daemon.work_dir)
+    pid = instance.holder(cfg.daemon.work_dir)
     if not pid:
         return False
     path = socket_path or cfg.daemon.control_socket

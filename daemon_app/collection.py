@@ -122,6 +122,19 @@ def _as_list(result: Any) -> list[Metrics]:
     return list(items)
 
 
+Call = tuple[str, Callable[..., Any], Any, float]  # name, hook, its collector config, timeout
+
+
+def enabled_calls(cfg: Any, implementations: Iterable[tuple[str, Callable[..., Any]]]) -> list[Call]:
+    """The `collect` implementations whose collector is enabled in `cfg`, ready for `run`."""
+    calls = []
+    for name, fn in implementations:
+        ccfg = cfg.collector(name)
+        if ccfg.enabled:
+            calls.append((name, fn, ccfg, ccfg.timeout))
+    return calls
+
+
 class CollectorRunner:
     """Calls collector hooks; remembers the last outcome per collector for status and reports."""
 

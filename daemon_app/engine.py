@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from daemon_app import __version__, fsutil, logs, threads
-from daemon_app.collection import CollectorRunner
+from daemon_app.collection import CollectorRunner, enabled_calls
 from daemon_app.config import Config
 from daemon_app.control import ControlServer
 from daemon_app.errors import ConfigValidateError, DaemonError
@@ -303,11 +303,7 @@ class Engine:
     def collect(self, which: list[tuple[str, Callable[..., Any]]] | None = None) -> list[Any]:
         """Run collectors (all enabled ones by default) in parallel, each bounded by its timeout."""
         which = which if which is not None else self.plugins.implementations("collect")
-        calls = []
-        for name, fn in which:
-            ccfg = self.cfg.collector(name)
-            if ccfg.enabled:
-                calls.append((name, fn, ccfg, ccfg.timeout))
+        calls = enabled_calls(self.cfg, which)
         with self.busy("collect " + ",".join(c[0] for c in calls)):
             outcomes = self.runner.run(calls)
         for outcome in outcomes:
@@ -528,13 +524,15 @@ class Engine:
             cfg = config_mod.load(source)
         except ConfigValidateError as exc:
             result["errors"] = [f"{exc.code} config: {p}" for p in exc.problems]
+            refused: DaemonError = exc
         except DaemonError as exc:
             result["errors"] = [str(exc)]
+            refused = exc
         if result["errors"]:
             for line in result["errors"]:
-                log.error(line, extra={"code": line[:5]})
+                log.error(line, extra={"code": refused.code})
             log.error("reload (%s) refused: the running configuration stays in force", why,
-                      extra={"code": result["errors"][0][:5]})
+                      extra={"code": refused.code})
             return result
         old_flat, new_flat = _flatten(self.cfg.to_yaml_dict()), _flatten(cfg.to_yaml_dict())
         changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k))
@@ -702,13 +700,14 @@ class Engine:
         parts = [self.state]
         manager, agent = self.manager, self.agent
         if manager is not None:
-            m = _section(manager.status) or {}
-            parts.append(f"manager {m.get('state', '?')}")
-            parts.append(f"outbox {m.get('outbox_depth', '?')}")
+            link = _snapshot(manager.snapshot)
+            parts.append(f"manager {link.state if link else '?'}")
+            parts.append(f"outbox {link.outbox_depth if link else '?'}")
         else:
             parts.append("stand-alone")
         if agent is not None:
-            parts.append(f"agent {(_section(agent.agent_status) or {}).get('state', '?')}")
+            snap = _snapshot(agent.snapshot)
+            parts.append(f"agent {snap.state if snap else '?'}")
         parts.append(f"reports {self.reports_built}")
         if self.services_failed:
             parts.append("FAILED " + ", ".join(sorted(self.services_failed)))
@@ -736,6 +735,14 @@ def _section(fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any] | None:
         return fn()
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _snapshot(fn: Callable[[], T]) -> T | None:
+    """A service's snapshot for the status line; None (shown as "?") when it cannot say."""
+    try:
+        return fn()
+    except Exception:
+        return None
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -9,6 +9,23 @@ import os
 from daemon_app import fsutil
 from daemon_app.errors import AlreadyRunningError, ConfigValidateError
 
+LOCK_NAME = "daemon.lock"
+
+
+def holder(work_dir: str) -> str | None:
+    """The pid (as the lock file says it) of a daemon holding <work_dir>/daemon.lock, or None."""
+    try:
+        fd = os.open(os.path.join(work_dir, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+
 
 class InstanceLock:
     """flock on <work_dir>/daemon.lock and on the pid file: a second daemon refuses to start.
@@ -17,7 +34,7 @@ class InstanceLock:
     """
 
     def __init__(self, work_dir: str, pid_file: str) -> None:
-        self.paths = [(os.path.join(work_dir, "daemon.lock"), "daemon.work_dir")]
+        self.paths = [(os.path.join(work_dir, LOCK_NAME), "daemon.work_dir")]
         if pid_file:
             self.paths.append((pid_file, "daemon.pid_file"))
         self._fds: list[int] = []

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon_app import config as config_mod
+from daemon_app import instance
 from daemon_app.errors import ControlError, DaemonError
 
 INSTALLED_CONFIG = "/etc/daemon/daemon.yaml"
-_LOCK_NAME = "daemon.lock"
+_LOCK_NAME = instance.LOCK_NAME
 
 
 @dataclass(frozen=True)

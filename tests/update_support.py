@@ -282,7 +282,7 @@ import json, os, pathlib, signal, sys, time
 sys.path.insert(0, {root!r})
 from daemon_app import config
 from daemon_app.update.flow import Updater, UpdateRequest
-from daemon_app.update.selfupdate import commit_pending_update, exec_into
+from daemon_app.update.selfupdate import commit_pending_update
 
 VERSION, MODE = {version!r}, {mode!r}
 cfg = config.load(sys.argv[1])
@@ -312,7 +312,9 @@ if request.exists():
     os.rename(request, out / "update-request.taken")
     rel = str(out / "release")
     req = UpdateRequest.from_dir("daemon", rel, file=rel + "/package")
-    res = Updater(cfg, daemon_restart=lambda: exec_into(cfg.update.daemon_path)).run(req)
+    pyz = cfg.update.daemon_path  # become the new daemon: same pid, same arguments, the new file
+    argv = [sys.executable, pyz, *sys.argv[1:]]
+    res = Updater(cfg, daemon_restart=lambda: os.execv(sys.executable, argv)).run(req)
     record(VERSION + ".update-failed", res.to_dict())
 deadline = time.monotonic() + 60
 while not (out / "stop").exists() and time.monotonic() < deadline:

@@ -234,7 +234,7 @@ class ManagerLink:
                 self._outbox.close()
                 self._outbox = None
 
-    def reload(self, cfg: Any) -> None:
+    def reload(self, cfg: Config) -> None:
         old = self.cfg.manager
         self.cfg = cfg
         self.outbox.max_bytes = cfg.manager.outbox.max_bytes

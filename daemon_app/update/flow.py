@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon_app import fsutil
 from daemon_app.compat import UTC
@@ -64,6 +64,10 @@ from daemon_app.update.manifest import (
 from daemon_app.update.state import Journal, UpdateState, update_dir
 from daemon_app.update.targets import AgentTarget, InstallContext, Supervisor, Target, file_sha256, holds
 from daemon_app.update.versions import Version, is_valid
+
+if TYPE_CHECKING:
+    from daemon_app.config import Config
+    from daemon_app.host import PluginHooks
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +185,9 @@ class UpdateLock:
 class Updater:
     """Runs updates, rollbacks and crash recovery for one daemon (or one CLI invocation)."""
 
-    def __init__(self, cfg: Any, *, plugins: Any = None, supervisor: Supervisor | None = None,
-                 targets: dict[str, Target] | None = None, daemon_restart: Callable[[], None] | None = None,
+    def __init__(self, cfg: Config, *, plugins: PluginHooks | None = None,
+                 supervisor: Supervisor | None = None, targets: dict[str, Target] | None = None,
+                 daemon_restart: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.plugins = plugins

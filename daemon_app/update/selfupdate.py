@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 from daemon_app import fsutil
 from daemon_app.update import install, testpoint
@@ -288,13 +288,6 @@ def _watcher_env() -> dict[str, str]:
     PATH, locale), but must not answer for the unit's notify socket."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
-
-
-def exec_into(pyz: str, args: list[str] | None = None) -> NoReturn:
-    """Become the new daemon: same pid, same arguments, the new file."""
-    argv = [sys.executable, pyz, *(sys.argv[1:] if args is None else args)]
-    logging.shutdown()
-    os.execv(sys.executable, argv)
 
 
 def commit_pending_update(work_dir: str, *, backup_dir: str | None = None,

@@ -66,8 +66,8 @@ def test_commands_reach_the_engine_as_plain_dicts_once(manager, tmp_path, pki_di
                                                   "manifest_sig": "c2lnbmF0dXJl"})
         wait_until(lambda: link.host.commands, timeout=5, what="the command at the engine")
         assert link.host.commands == [{"id": cid, "type": "update", "component": "agent",
-                                         "url": "https://127.0.0.1/a", "manifest": manifest,
-                                         "manifest_sig": "c2lnbmF0dXJl"}]
+                                       "url": "https://127.0.0.1/a", "manifest": manifest,
+                                       "manifest_sig": "c2lnbmF0dXJl"}]
         # A reconnect re-delivers the unanswered command; the link does not run it twice.
         link._reconnect = True
         link._wake()
@@ -80,6 +80,24 @@ def test_commands_reach_the_engine_as_plain_dicts_once(manager, tmp_path, pki_di
         assert command["result"] == {"success": True, "old_version": "1.0.0", "new_version": "2.0.0",
                                      "error": "", "rolled_back": False, "component": "agent"}
         assert len(link.host.commands) == 1
+    finally:
+        link.stop(time.monotonic() + 5)
+
+
+@pytest.mark.timeout(30)
+def test_the_snapshot_other_parts_read_says_what_the_status_says(manager, tmp_path, pki_dir):
+    link = _link(tmp_path, manager.address, pki_dir)
+    before = link.snapshot()
+    assert (before.state, before.connected, before.registered) == ("stopped", False, False)
+    assert before.acked_seq == before.last_seq == before.outbox_depth == 0
+    link.start()
+    try:
+        link.report({"node_id": "link-node", "timestamp": "2026-12-01T00:00:00Z", "metrics": {}, "logs": []})
+        wait_until(lambda: link.snapshot().acked_seq >= 1, timeout=10, what="the report acknowledged")
+        snap, status = link.snapshot(), link.status()
+        assert snap.registered and snap.connected and status["registered"] and status["connected"]
+        assert (snap.state, snap.acked_seq, snap.last_seq, snap.outbox_depth) == \
+            (status["state"], status["acked_seq"], status["last_seq"], status["outbox_depth"])
     finally:
         link.stop(time.monotonic() + 5)
 

@@ -1,4 +1,5 @@
-"""The typed seams other parts read: AgentState, AgentSnapshot, LinkSnapshot."""
+"""The typed seams other parts read of the Agent: AgentState, AgentSnapshot (LinkSnapshot: the link's
+own tests)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 
 from daemon_app.agent import supervisor
 from daemon_app.agent.snapshot import AgentSnapshot, AgentState, LastExit
-from daemon_app.comm.snapshot import LinkSnapshot
 
 
 def test_agent_states_are_supervisords_names_and_print_as_them():
@@ -39,10 +39,3 @@ def test_agent_snapshot_from_status_is_typed_and_frozen():
 def test_an_unknown_agent_state_is_refused_not_guessed():
     with pytest.raises(ValueError):
         AgentSnapshot.from_status({"pid": 1, "state": "ZOMBIE"})
-
-
-def test_link_snapshot_from_status():
-    snap = LinkSnapshot.from_status({"state": "connected", "connected": True, "registered": True,
-                                     "acked_seq": 12, "last_seq": 14, "outbox_depth": 2, "dropped": 0})
-    assert snap == LinkSnapshot("connected", True, True, 12, 14, 2)
-    assert LinkSnapshot.from_status({}).acked_seq == 0
