@@ -481,6 +481,7 @@ class AgentSupervisor:
     def _enter_running(self, event: str, **fields: Any) -> None:
         """RUNNING: at the first heartbeat or after agent.start_seconds up; an adopted Agent at once."""
         assert self._proc is not None
+        self._states.assert_in(STARTING, STOPPED)  # before the health timers start, not after
         hc = self.cfg.agent.health_check
         try:
             checker = health_mod.HealthChecker.for_config(self._proc.pid, hc)

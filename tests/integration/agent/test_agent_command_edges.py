@@ -1,0 +1,36 @@
+"""A broken or hostile Manager's "agent" commands: refused with D3001, the running Agent untouched."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from daemon_app.errors import AgentStartError
+from tests.helpers import wait_until
+
+
+@pytest.mark.parametrize("action", [["restart"], {"stop": True}, None, 7, "STOP", "stop\n", "s" * 100_000])
+def test_an_action_that_is_not_one_of_ours_is_refused_and_the_agent_keeps_running(harness, action, caplog):
+    caplog.set_level(logging.ERROR)
+    sup, rec = harness.supervisor()
+    engine = sup.host
+    wait_until(lambda: sup.state == "RUNNING", 10, what="RUNNING")
+    pid = harness.track(sup.pid)
+    assert engine.dispatch_command({"type": "agent", "action": action, "id": "h1"}) is True
+    assert any(r.getMessage().startswith("D3001 agent command h1: unknown action") for r in caplog.records)
+    # Nothing was posted to the supervisor: a real command after it still runs, on the same Agent.
+    future = sup.handle_command({"type": "agent", "action": "restart", "id": "h2"})
+    assert future is not None and future.result(10) is None
+    wait_until(lambda: sup.pid not in (0, pid) and sup.state == "RUNNING", 10, what="restarted")
+    harness.track(sup.pid)
+    assert rec.types().count("exited") == 1 and rec.of("restarting")[0]["reason"] == "requested"
+
+
+def test_a_command_before_supervision_started_fails_at_once_with_d3001(harness):
+    sup, rec = harness.supervisor(start=False)
+    future = sup.handle_command({"type": "agent", "action": "start", "id": "early"})
+    assert future is not None
+    with pytest.raises(AgentStartError, match="D3001 agent: supervision is not running"):
+        future.result(1)
+    assert sup.state == "STOPPED" and sup.pid == 0 and rec.types() == []
