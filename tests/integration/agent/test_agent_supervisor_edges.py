@@ -1,4 +1,4 @@
-"""A broken or hostile Manager's "agent" commands: refused with D3001, the running Agent untouched."""
+"""Hostile Manager commands and edge configurations against a real supervisor and real Agents."""
 
 from __future__ import annotations
 
@@ -34,3 +34,13 @@ def test_a_command_before_supervision_started_fails_at_once_with_d3001(harness):
     with pytest.raises(AgentStartError, match="D3001 agent: supervision is not running"):
         future.result(1)
     assert sup.state == "STOPPED" and sup.pid == 0 and rec.types() == []
+
+
+def test_a_binary_that_cannot_be_executed_reaches_fatal_even_when_any_run_counts_as_stable(harness):
+    # stable_after 0 makes every run stable; a start that failed did not run, so it must still count.
+    sup, rec = harness.supervisor(binary_path=f"{harness.dir}/no-such-agent",
+                                  restart={"max_retries": 3, "backoff_base": "0s", "backoff_max": "0s",
+                                           "stable_after": "0s"})
+    fatal = rec.wait_for("fatal", 1, timeout=10)
+    assert fatal["restart_count"] == 3 and sup.state == "FATAL"
+    assert rec.types().count("exited") == 4 and rec.types().count("started") == 0
