@@ -541,7 +541,7 @@ class AgentSupervisor:
             self._cond.notify_all()
             promote = self.state == STARTING
             pid = self.pid
-        if promote:
+        if promote and not self._mailbox.closed:  # a dead loop must not collect letters for ever
             self._mailbox.post(functools.partial(self._promote_on_heartbeat, pid))
 
     def _promote_on_heartbeat(self, pid: int) -> None:
