@@ -8,9 +8,9 @@ and, where the caller needs the outcome, wait on a Future.
 
 The parts it puts together, each in its own module: the states and their one `change_state()`
 (states.py), when to restart and when to give up (restart_policy.py), the Agent process (process.py),
-its health (health.py), its stdout/stderr files (output.py), heartbeats (heartbeat.py) and the
-Manager's "agent" commands (commands.py). Events go to the `on_agent_event` hook in the order
-they happen; see docs/agent-protocol.md.
+its health (health.py), its stdout/stderr files (output.py), its heartbeats (heartbeat_watch.py
+over the socket of heartbeat.py) and the Manager's "agent" commands (commands.py). Events go to
+the `on_agent_event` hook in the order they happen; see docs/agent-protocol.md.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import psutil
 from daemon_app.agent import health as health_mod
 from daemon_app.agent.commands import AgentAction, log_failure, parse_agent_command
 from daemon_app.agent.heartbeat import Heartbeat, HeartbeatServer
+from daemon_app.agent.heartbeat_watch import HeartbeatWatch
 from daemon_app.agent.output import ROTATE_CHECK_EVERY, AgentOutput
 from daemon_app.agent.process import (
     AgentProcess,
@@ -136,18 +137,12 @@ class AgentSupervisor:
         }
         self._intent: str | None = None
         self._kill_grace = 0.0
-        self._server: HeartbeatServer | None = None
+        self._beats = HeartbeatWatch(self._cond, self._on_heartbeat)
         self._health: health_mod.HealthChecker | None = None
         self._running_since: float | None = None
-        self._lineage = health_mod.AgentLineage()
         # What agent_status() reports.
         self._last_restart: float | None = None
         self._last_exit: _ExitRecord | None = None
-        self._version = ""
-        self._last_hb_wall: float | None = None
-        self._last_hb_mono: float | None = None  # the current process's latest heartbeat
-        self._hb_seq = 0
-        self._foreign = 0
         self._health_checks = 0
         self._sample = health_mod.Sample(0.0, 0, 0)
         self._measured = False
@@ -157,6 +152,10 @@ class AgentSupervisor:
     def state(self) -> AgentState:
         return self._states.state
 
+    @property
+    def _server(self) -> HeartbeatServer | None:  # the socket's counters, for tests and bench/
+        return self._beats.server
+
     # --- Service -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -165,9 +164,7 @@ class AgentSupervisor:
         D3001 AgentStartError when the heartbeat socket cannot be created. An Agent that cannot be
         started is logged (D3001) and left to the restart policy; the daemon runs on.
         """
-        a = self.cfg.agent
-        self._server = self._new_server(a)
-        self._server.start()
+        self._beats.listen(self.cfg.agent)
         self._sel = selectors.DefaultSelector()
         self._waker = WakePipe()
         self._sel.register(self._waker, selectors.EVENT_READ, "wake")
@@ -186,9 +183,7 @@ class AgentSupervisor:
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
             self._thread = None
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        self._beats.close()
         if self._proc is not None:
             self._proc.close()
         if self._sel is not None:
@@ -208,22 +203,16 @@ class AgentSupervisor:
 
     def status(self) -> dict[str, Any]:
         out = self.agent_status()
-        server = self._server
         with self._lock:
             out.update({
                 "adopted": bool(self._proc and self._proc.adopted),
                 "restarts_total": self._policy.total,
-                "heartbeats_foreign": self._foreign,
+                "heartbeats_foreign": self._beats.foreign,
                 "health_checks": self._health_checks,
                 "processes": self._sample.processes,
                 "socket": self.cfg.agent.socket_path,
             })
-        if server is not None:
-            c = server.counters
-            out["socket_connections"] = server.connections
-            out["socket_counters"] = {"accepted": c.accepted, "rejected": c.rejected, "evicted": c.evicted,
-                                      "refused": c.refused, "invalid": c.invalid, "stalled": c.stalled,
-                                      "accept_errors": c.accept_errors, "lines": c.lines}
+        out.update(self._beats.socket_status())
         return out
 
     def agent_status(self) -> dict[str, Any]:
@@ -233,7 +222,7 @@ class AgentSupervisor:
             return {
                 "pid": self.pid,
                 "state": self.state.value,
-                "version": self._version,
+                "version": self._beats.version,
                 "start_time": rfc3339(proc.started_at) if proc else None,
                 # None (unknown) until a health check of this process measured them: 0 would lie.
                 "cpu_percent": self._sample.cpu_percent if proc and self._measured else None,
@@ -241,16 +230,16 @@ class AgentSupervisor:
                 "restart_count": self._policy.count,
                 "last_restart": rfc3339(self._last_restart) if self._last_restart else None,
                 "last_exit": self._last_exit.as_json() if self._last_exit else None,
-                "last_heartbeat": rfc3339(self._last_hb_wall) if self._last_hb_wall else None,
-                "heartbeats_received": self._hb_seq,
-                "heartbeats_invalid": self._server.counters.invalid if self._server else 0,
+                "last_heartbeat": rfc3339(self._beats.last_wall) if self._beats.last_wall else None,
+                "heartbeats_received": self._beats.received,
+                "heartbeats_invalid": self._beats.invalid(),
             }
 
     def snapshot(self) -> AgentSnapshot:
         """The Agent as typed fields, for decisions other parts make on it (not a parsed status)."""
         with self._lock:
-            return AgentSnapshot(pid=self.pid, state=self.state, version=self._version,
-                                 heartbeats_received=self._hb_seq, restart_count=self._policy.count,
+            return AgentSnapshot(pid=self.pid, state=self.state, version=self._beats.version,
+                                 heartbeats_received=self._beats.received, restart_count=self._policy.count,
                                  last_exit=self._last_exit.summary() if self._last_exit else None)
 
     # --- operations for operators, the Manager and the update helper ---------------------------
@@ -303,15 +292,12 @@ class AgentSupervisor:
     def wait_for_heartbeat(self, version: str | None, timeout: float) -> bool:
         """True when a heartbeat from the current Agent process reporting `version` (any if None)
         arrives after this call, within `timeout` seconds; False otherwise."""
-        with self._cond:
-            seen = self._hb_seq
-            return self._cond.wait_for(
-                lambda: self._hb_seq > seen and (version is None or self._version == version), timeout)
+        return self._beats.wait(version, timeout)
 
     def current_version(self) -> str:
         """The version the Agent last reported in a heartbeat ("" before the first one)."""
         with self._lock:
-            return self._version
+            return self._beats.version
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """Post one event for the `on_agent_event` plugins (also used by the update helper for
@@ -449,8 +435,7 @@ class AgentSupervisor:
         with self._lock:
             self._proc = proc
             self.pid = proc.pid
-            self._last_hb_mono = None
-            self._lineage.follow(proc.pid)
+            self._beats.follow(proc.pid)
             self._sample = health_mod.Sample(0.0, 0, 1)
             self._measured = False
         self._sel.register(proc.pidfd, selectors.EVENT_READ, "pidfd")
@@ -467,7 +452,7 @@ class AgentSupervisor:
         with self._lock:
             self._proc = None
             self.pid = 0
-            self._lineage.follow(0)
+            self._beats.follow(0)
             self._health = None
             self._running_since = None
         for name in ("promote", "health", "kill", "stable", "logs"):
@@ -531,14 +516,8 @@ class AgentSupervisor:
     def _on_heartbeat(self, hb: Heartbeat) -> None:
         """Called on the heartbeat thread for every valid line."""
         with self._cond:
-            if not self._lineage.includes(hb.peer.pid):
-                self._foreign += 1
+            if not self._beats.record(hb):
                 return
-            self._hb_seq += 1
-            self._version = hb.version
-            self._last_hb_wall = time.time()
-            self._last_hb_mono = hb.received
-            self._cond.notify_all()
             promote = self.state == STARTING
             pid = self.pid
         if promote and not self._mailbox.closed:  # a dead loop must not collect letters for ever
@@ -553,7 +532,7 @@ class AgentSupervisor:
             return
         assert self._running_since is not None and self._proc is not None
         hc = self.cfg.agent.health_check
-        last = self._last_hb_mono if self._last_hb_mono is not None else self._running_since
+        last = self._beats.last_mono if self._beats.last_mono is not None else self._running_since
         last = max(last, self._running_since)
         # Next tick first (a check that raises must not end health checking), and no later than the
         # moment the heartbeat deadline passes: a silent Agent is caught at heartbeat_timeout, not
@@ -701,30 +680,13 @@ class AgentSupervisor:
 
     # --- configuration -------------------------------------------------------------------------
 
-    def _new_server(self, a: Any) -> HeartbeatServer:
-        return HeartbeatServer(a.socket_path, a.socket_mode, a.socket_group, self._on_heartbeat,
-                               self._lineage.includes)
-
     def _reload(self, cfg: Any) -> None:
         old = self.cfg.agent
         self.cfg = cfg
         a = cfg.agent
         with self._lock:
             self._policy.rules = RestartRules.of(a.restart)
-        if (a.socket_path, a.socket_mode, a.socket_group) != (old.socket_path, old.socket_mode,
-                                                              old.socket_group):
-            new = self._new_server(a)
-            try:
-                new.start()
-            except AgentStartError as exc:
-                log.error("%s; heartbeats stay on %s", exc, old.socket_path, extra={"code": exc.code})
-            else:
-                if self._server is not None:
-                    self._server.stop()
-                self._server = new
-                if self._proc is not None and a.socket_path != old.socket_path:
-                    log.warning("agent pid %d still has AGENT_SOCKET=%s; it gets the new path at its "
-                                "next start", self.pid, old.socket_path)
+        self._beats.relisten(old, a, self.pid)
         hc = a.health_check
         if self._health is not None:
             self._health.configure_from(hc)

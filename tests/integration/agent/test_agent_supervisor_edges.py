@@ -44,3 +44,22 @@ def test_a_binary_that_cannot_be_executed_reaches_fatal_even_when_any_run_counts
     fatal = rec.wait_for("fatal", 1, timeout=10)
     assert fatal["restart_count"] == 3 and sup.state == "FATAL"
     assert rec.types().count("exited") == 4 and rec.types().count("started") == 0
+
+
+def test_a_reload_to_a_socket_that_cannot_be_made_keeps_heartbeats_on_the_old_one(harness, caplog):
+    caplog.set_level(logging.ERROR)
+    sup, rec = harness.supervisor()
+    wait_until(lambda: sup.state == "RUNNING", 10, what="RUNNING")
+    pid = harness.track(sup.pid)
+    old_socket = sup.cfg.agent.socket_path
+    squatter = f"{harness.dir}/not-a-socket"
+    with open(squatter, "w") as fh:
+        fh.write("mine")
+    sup.reload(harness.config(socket_path=squatter))
+    assert any(r.getMessage().endswith(f"; heartbeats stay on {old_socket}") and r.code == "D3001"
+               for r in caplog.records)
+    assert sup._server is not None and sup._server.path == old_socket
+    assert sup.wait_for_heartbeat(None, 10) and sup.pid == pid  # the Agent still reaches us
+    with open(squatter) as fh:
+        assert fh.read() == "mine"
+    assert "unhealthy" not in rec.types()
