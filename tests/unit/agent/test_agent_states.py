@@ -93,3 +93,18 @@ def test_assert_in_names_the_state_and_what_was_expected():
     states.assert_in(S.BACKOFF, S.FATAL)
     with pytest.raises(StateError, match="in state BACKOFF, expected one of STARTING, RUNNING"):
         states.assert_in(S.STARTING, S.RUNNING)
+
+
+def test_the_transitions_operators_read_in_agent_protocol_md_are_the_ones_checked():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[3] / "docs" / "agent-protocol.md").read_text()
+    listed = " ".join(text.split("only along these transitions:", 1)[1].split("\n\n", 1)[0].split())
+    documented: dict[AgentState, set[AgentState]] = {}
+    for clause in listed.rstrip(".").split(";"):
+        sources, targets = clause.split("->")
+        names = {S(t) for t in re.findall(r"\b[A-Z]{5,}\b", targets)}
+        for source in re.findall(r"\b[A-Z]{5,}\b", sources):
+            documented.setdefault(S(source), set()).update(names)
+    assert documented == {old: set(new) for old, new in TRANSITIONS.items()}
