@@ -339,8 +339,10 @@ class AgentSupervisor:
         return self._mailbox.submit(fn)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        if self._mailbox.on_owner:
-            return fn()  # e.g. a step of the supervisor that starts the Agent
+        # The Thread object, not Mailbox.on_owner: a thread started after this one died may be
+        # given its ident, and must not run supervisor steps as if it were the supervisor.
+        if threading.current_thread() is self._thread:
+            return fn()
         return self._submit(fn).result(_CALL_TIMEOUT)
 
     def _wake(self) -> None:
