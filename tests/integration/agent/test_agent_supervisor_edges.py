@@ -63,3 +63,37 @@ def test_a_reload_to_a_socket_that_cannot_be_made_keeps_heartbeats_on_the_old_on
     with open(squatter) as fh:
         assert fh.read() == "mine"
     assert "unhealthy" not in rec.types()
+
+
+def test_a_thread_given_the_dead_supervisors_ident_cannot_run_its_steps(harness):
+    import threading
+
+    sup, rec = harness.supervisor()
+    wait_until(lambda: sup.state == "RUNNING", 10, what="RUNNING")
+    harness.track(sup.pid)
+    sup.stop_agent()
+    dead = sup._thread
+    sup._quit = True  # the supervisor's loop ends (as it would on an error)
+    sup._waker.wake()
+    dead.join(10)
+    outcome: list[object] = []
+
+    def caller() -> None:
+        if threading.get_ident() != dead.ident:
+            return
+        try:
+            sup.start_agent()
+            outcome.append("ran")
+        except AgentStartError as exc:
+            outcome.append(exc)
+
+    for _ in range(200):  # glibc hands a joined thread's stack, hence its ident, to the next one
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join(10)
+        if outcome:
+            break
+    if not outcome:
+        pytest.skip("no new thread was given the dead supervisor's ident")
+    assert isinstance(outcome[0], AgentStartError) and "supervision stopped" in str(outcome[0])
+    assert sup.state == "STOPPED" and sup.pid == 0 and rec.types().count("started") == 1
