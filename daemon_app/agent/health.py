@@ -8,8 +8,10 @@ has already reaped (their time is in the leader's children_* counters). 100 % is
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -128,6 +130,19 @@ class HealthChecker:
         self.memory = ThresholdTracker(float(memory_threshold), threshold_duration)
         self.sampler.sample()  # prime the CPU delta
 
+    @classmethod
+    def for_config(cls, pid: int, hc: Any) -> HealthChecker:
+        """For the process `pid`, with the thresholds of `agent.health_check` (`hc`).
+
+        psutil.NoSuchProcess when `pid` is gone already."""
+        return cls(pid, heartbeat_timeout=hc.heartbeat_timeout, cpu_threshold=hc.cpu_threshold,
+                   memory_threshold=hc.memory_threshold, threshold_duration=hc.threshold_duration)
+
+    def configure_from(self, hc: Any) -> None:
+        """New thresholds from `agent.health_check` (a reload); what was tracked so far stays."""
+        self.configure(heartbeat_timeout=hc.heartbeat_timeout, cpu_threshold=hc.cpu_threshold,
+                       memory_threshold=hc.memory_threshold, threshold_duration=hc.threshold_duration)
+
     def configure(self, *, heartbeat_timeout: float, cpu_threshold: float, memory_threshold: int,
                   threshold_duration: float) -> None:
         self.heartbeat_timeout = heartbeat_timeout
@@ -150,3 +165,56 @@ class HealthChecker:
         if memory_over:
             return MEMORY_THRESHOLD
         return None
+
+    def explain(self, reason: str) -> str:
+        """What an operator reads after "unhealthy: <reason>" (the limit that was passed)."""
+        s = self.sampler.last
+        if reason == CPU_THRESHOLD:
+            return f"cpu {s.cpu_percent:.1f}% > {self.cpu.threshold}% for {self.cpu.duration:g}s"
+        if reason == MEMORY_THRESHOLD:
+            return f"rss {s.memory_bytes} > {int(self.memory.threshold)} bytes for {self.memory.duration:g}s"
+        if reason == HEARTBEAT_TIMEOUT:
+            return f"no heartbeat for {self.heartbeat_timeout:g}s"
+        return "process gone"
+
+
+class AgentLineage:
+    """Whether a process is the Agent or one of its descendants: who may send heartbeats.
+
+    Called on the heartbeat thread for every new connection; answers are cached per peer pid
+    (bounded: a peer that opens connections from ever new pids cannot grow it without limit)."""
+
+    MAX_CACHED = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._agent = 0
+        self._known: dict[int, bool] = {}
+
+    def follow(self, agent_pid: int) -> None:
+        """A new Agent process (0: none): forget what was learnt about the previous one."""
+        with self._lock:
+            self._agent = agent_pid
+            self._known.clear()
+
+    def includes(self, peer_pid: int) -> bool:
+        with self._lock:
+            agent = self._agent
+            if not agent or peer_pid <= 0:
+                return False
+            if peer_pid == agent:
+                return True
+            known = self._known.get(peer_pid)
+            if known is not None:
+                return known
+        try:
+            result = any(p.pid == agent for p in psutil.Process(peer_pid).parents())
+        except psutil.Error:
+            result = False
+        with self._lock:
+            if self._agent != agent:
+                return False  # the Agent changed while we looked: this answer was about the old one
+            if len(self._known) > self.MAX_CACHED:
+                self._known.clear()
+            self._known[peer_pid] = result
+        return result

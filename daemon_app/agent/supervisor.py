@@ -1,33 +1,40 @@
-"""Agent supervisor: the state machine that starts, adopts, watches, restarts and stops the Agent.
+"""Agent supervisor: the loop that starts, adopts, watches, restarts and stops the Agent.
 
 One thread (`agent-supervisor`) owns every state change. It sleeps in a selector on the Agent's
 pidfd (so an exit is seen the moment it happens, for an adopted Agent too) and on a wake-up pipe,
 with timers for health ticks, backoff, the SIGKILL deadline and log rotation. Other threads (the
-engine, Manager commands, the update helper, the heartbeat receiver) post work to it and, where
-the caller needs the outcome, wait on a Future.
+engine, Manager commands, the update helper, the heartbeat receiver) post work to its `Mailbox`
+and, where the caller needs the outcome, wait on a Future.
 
-States are supervisord's: STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL. Events go
-to the `on_agent_event` hook in the order they happen; see docs/agent-protocol.md.
+The parts it puts together, each in its own module: the states and their one `change_state()`
+(states.py), when to restart and when to give up (restart_policy.py), the Agent process (process.py),
+its health (health.py), its stdout/stderr files (output.py), its heartbeats (heartbeat_watch.py
+over the socket of heartbeat.py) and the Manager's "agent" commands (commands.py). Events go to
+the `on_agent_event` hook in the order they happen; see docs/agent-protocol.md.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import os
-import queue
 import select
 import selectors
 import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from daemon_app.agent import health as health_mod
+from daemon_app.agent.commands import AgentAction, log_failure, parse_agent_command
 from daemon_app.agent.heartbeat import Heartbeat, HeartbeatServer
+from daemon_app.agent.heartbeat_watch import HeartbeatWatch
+from daemon_app.agent.output import ROTATE_CHECK_EVERY, AgentOutput
 from daemon_app.agent.process import (
     AgentProcess,
     ExitInfo,
@@ -35,12 +42,23 @@ from daemon_app.agent.process import (
     describe_pid,
     read_pid_file,
     remove_pid_file,
-    rotate_copy_truncate,
-    tail_lines,
     write_pid_file,
 )
-from daemon_app.agent.snapshot import AgentSnapshot, AgentState
-from daemon_app.errors import AgentHealthError, AgentStartError, AgentStopError, DaemonError
+from daemon_app.agent.restart_policy import RestartPolicy, RestartRules
+from daemon_app.agent.restart_policy import backoff_delay as backoff_delay  # public: seed §3.3.1
+from daemon_app.agent.snapshot import AgentSnapshot, AgentState, LastExit
+from daemon_app.agent.states import (
+    BACKOFF,
+    EXITED,
+    FATAL,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    AgentStates,
+)
+from daemon_app.errors import AgentHealthError, AgentStartError, AgentStopError
+from daemon_app.mailbox import Mailbox
 from daemon_app.metrics import rfc3339
 from daemon_app.wakeup import WakePipe
 
@@ -50,20 +68,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The state names as the plain strings agent_status() and events carry, from the one enum.
-STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (s.value for s in AgentState)
-
 # Why the supervisor itself ends an Agent process (the "intent" of a STOPPING).
 _STOP, _REQUESTED = "stop", "requested"
 _KILL_GRACE = 5.0  # after SIGKILL, how long stop_agent() waits before it reports D3002
 # An Agent silent for heartbeat_timeout is hung: it gets this long (at most agent.stop_timeout) to
 # act on SIGTERM before SIGKILL, so it is replaced within heartbeat_timeout plus a few seconds.
 _HUNG_GRACE = 2.0
-# Copy-truncate rotation of the Agent's stdout/stderr is polled: a file may overshoot its limit by
-# what the Agent writes in this time. Every 2 s cost the idle daemon ~0.01 % CPU.
-_LOG_CHECK_EVERY = 10.0
 _CALL_TIMEOUT = 30.0
-_STDERR_TAIL_LINES = 20
 
 
 def _readable(fd: int) -> bool:
@@ -72,15 +83,26 @@ def _readable(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def backoff_delay(attempt: int, base: float, maximum: float) -> float:
-    """Seed §3.3.1: restart n (0-based) waits 0, base, base, 3·base, 3·base, then max; never above max."""
-    if attempt <= 0:
-        return 0.0
-    if attempt <= 2:
-        return min(base, maximum)
-    if attempt <= 4:
-        return min(3 * base, maximum)
-    return maximum
+@dataclass(frozen=True)
+class _ExitRecord:
+    """How the previous Agent process ended, as agent_status() reports it."""
+
+    code: int | None
+    signal: int | None
+    at: str
+    stderr_tail: tuple[str, ...]
+    known: bool
+    error: str = ""  # why it could not even be executed
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "signal": self.signal, "at": self.at,
+                               "stderr_tail": list(self.stderr_tail), "known": self.known}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def summary(self) -> LastExit:
+        return LastExit(code=self.code, signal=self.signal, at=self.at)
 
 
 class AgentSupervisor:
@@ -91,43 +113,48 @@ class AgentSupervisor:
     def __init__(self, cfg: Config, host: Host) -> None:
         self.cfg = cfg
         self.host = host
-        self.state = STOPPED
         self.pid = 0
         work = cfg.daemon.work_dir
         self.pid_file = os.path.join(work, "agent.pid")
-        self.stdout_log = os.path.join(work, "agent", "stdout.log")
-        self.stderr_log = os.path.join(work, "agent", "stderr.log")
+        self._output = AgentOutput(work)
+        self.stdout_log = self._output.stdout_log
+        self.stderr_log = self._output.stderr_log
         self._proc: AgentProcess | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)  # notified on state changes and heartbeats
         self._emit_lock = threading.RLock()  # one event at a time, across threads, in order
-        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...],
-                                             concurrent.futures.Future[Any]]] = queue.SimpleQueue()
+        self._states = AgentStates(self._cond, self.emit)
+        self._policy = RestartPolicy(RestartRules.of(cfg.agent.restart))
+        self._mailbox = Mailbox(lambda: AgentStartError("agent: supervision stopped"), wake=self._wake)
         self._sel: selectors.DefaultSelector | None = None
         self._waker: WakePipe | None = None
         self._thread: threading.Thread | None = None
         self._quit = False
-        self._timers: dict[str, float] = {}
+        self._timers: dict[str, float] = {}  # name -> monotonic deadline, run by _timer_actions[name]
+        self._timer_actions: dict[str, Callable[[], None]] = {
+            "promote": self._promote_due, "health": self._health_due, "kill": self._kill_due,
+            "stable": self._stable_due, "backoff": self._backoff_due, "logs": self._logs_due,
+        }
         self._intent: str | None = None
         self._kill_grace = 0.0
-        self._server: HeartbeatServer | None = None
+        self._beats = HeartbeatWatch(self._cond, self._on_heartbeat)
         self._health: health_mod.HealthChecker | None = None
         self._running_since: float | None = None
-        self._descendants: dict[int, bool] = {}
         # What agent_status() reports.
-        self._restart_count = 0
-        self._restarts_total = 0
         self._last_restart: float | None = None
-        self._last_exit: dict[str, Any] | None = None
-        self._version = ""
-        self._last_hb_wall: float | None = None
-        self._last_hb_mono: float | None = None  # the current process's latest heartbeat
-        self._hb_seq = 0
-        self._foreign = 0
+        self._last_exit: _ExitRecord | None = None
         self._health_checks = 0
         self._sample = health_mod.Sample(0.0, 0, 0)
         self._measured = False
         host.on_command("agent", self.handle_command)
+
+    @property
+    def state(self) -> AgentState:
+        return self._states.state
+
+    @property
+    def _server(self) -> HeartbeatServer | None:  # the socket's counters, for tests and bench/
+        return self._beats.server
 
     # --- Service -------------------------------------------------------------------------------
 
@@ -137,9 +164,7 @@ class AgentSupervisor:
         D3001 AgentStartError when the heartbeat socket cannot be created. An Agent that cannot be
         started is logged (D3001) and left to the restart policy; the daemon runs on.
         """
-        a = self.cfg.agent
-        self._server = self._new_server(a)
-        self._server.start()
+        self._beats.listen(self.cfg.agent)
         self._sel = selectors.DefaultSelector()
         self._waker = WakePipe()
         self._sel.register(self._waker, selectors.EVENT_READ, "wake")
@@ -158,9 +183,7 @@ class AgentSupervisor:
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
             self._thread = None
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        self._beats.close()
         if self._proc is not None:
             self._proc.close()
         if self._sel is not None:
@@ -176,26 +199,20 @@ class AgentSupervisor:
 
     def reload(self, cfg: Any) -> None:
         """New timings and thresholds apply at once; binary, args and env at the next start."""
-        self._call(self._reload, cfg)
+        self._call(functools.partial(self._reload, cfg))
 
     def status(self) -> dict[str, Any]:
         out = self.agent_status()
-        server = self._server
         with self._lock:
             out.update({
                 "adopted": bool(self._proc and self._proc.adopted),
-                "restarts_total": self._restarts_total,
-                "heartbeats_foreign": self._foreign,
+                "restarts_total": self._policy.total,
+                "heartbeats_foreign": self._beats.foreign,
                 "health_checks": self._health_checks,
                 "processes": self._sample.processes,
                 "socket": self.cfg.agent.socket_path,
             })
-        if server is not None:
-            c = server.counters
-            out["socket_connections"] = server.connections
-            out["socket_counters"] = {"accepted": c.accepted, "rejected": c.rejected, "evicted": c.evicted,
-                                      "refused": c.refused, "invalid": c.invalid, "stalled": c.stalled,
-                                      "accept_errors": c.accept_errors, "lines": c.lines}
+        out.update(self._beats.socket_status())
         return out
 
     def agent_status(self) -> dict[str, Any]:
@@ -204,23 +221,26 @@ class AgentSupervisor:
             proc = self._proc
             return {
                 "pid": self.pid,
-                "state": self.state,
-                "version": self._version,
+                "state": self.state.value,
+                "version": self._beats.version,
                 "start_time": rfc3339(proc.started_at) if proc else None,
                 # None (unknown) until a health check of this process measured them: 0 would lie.
                 "cpu_percent": self._sample.cpu_percent if proc and self._measured else None,
                 "memory_bytes": self._sample.memory_bytes if proc and self._measured else None,
-                "restart_count": self._restart_count,
+                "restart_count": self._policy.count,
                 "last_restart": rfc3339(self._last_restart) if self._last_restart else None,
-                "last_exit": dict(self._last_exit) if self._last_exit else None,
-                "last_heartbeat": rfc3339(self._last_hb_wall) if self._last_hb_wall else None,
-                "heartbeats_received": self._hb_seq,
-                "heartbeats_invalid": self._server.counters.invalid if self._server else 0,
+                "last_exit": self._last_exit.as_json() if self._last_exit else None,
+                "last_heartbeat": rfc3339(self._beats.last_wall) if self._beats.last_wall else None,
+                "heartbeats_received": self._beats.received,
+                "heartbeats_invalid": self._beats.invalid(),
             }
 
     def snapshot(self) -> AgentSnapshot:
-        """agent_status() as typed fields, for decisions other parts make on the Agent."""
-        return AgentSnapshot.from_status(self.agent_status())
+        """The Agent as typed fields, for decisions other parts make on it (not a parsed status)."""
+        with self._lock:
+            return AgentSnapshot(pid=self.pid, state=self.state, version=self._beats.version,
+                                 heartbeats_received=self._beats.received, restart_count=self._policy.count,
+                                 last_exit=self._last_exit.summary() if self._last_exit else None)
 
     # --- operations for operators, the Manager and the update helper ---------------------------
 
@@ -232,7 +252,7 @@ class AgentSupervisor:
         end it within a few seconds.
         """
         grace = self.cfg.agent.stop_timeout if timeout is None else timeout
-        self._call(self._begin_stop, _STOP, grace)
+        self._call(functools.partial(self._begin_stop, _STOP, grace))
         if not self._wait_for(lambda: self.state == STOPPED, grace + _KILL_GRACE):
             raise AgentStopError(f"agent: pid {self.pid} did not exit within {grace + _KILL_GRACE:.0f}s "
                                  "of SIGTERM and SIGKILL")
@@ -250,18 +270,17 @@ class AgentSupervisor:
         once the new process is STARTING or RUNNING."""
         old = self.pid
         grace = self.cfg.agent.stop_timeout
-        self._call(self._begin_stop, _REQUESTED, grace)
-        if not self._wait_for(lambda: self.state in (STARTING, RUNNING) and self.pid != old,
-                              grace + _KILL_GRACE):
+        self._call(functools.partial(self._begin_stop, _REQUESTED, grace))
+        if not self._wait_for(lambda: self.state.live and self.pid != old, grace + _KILL_GRACE):
             raise AgentStopError(f"agent: restart of pid {old} did not complete (state {self.state})")
 
     def signal_agent(self, signum: int) -> bool:
         """Send `signum` to the Agent's process group (SIGHUP: re-read its config); False when no
         Agent process runs."""
-        return bool(self._call(self._signal, signum))
+        return bool(self._call(functools.partial(self._signal, signum)))
 
     def _signal(self, signum: int) -> bool:
-        if self._proc is None or self.state not in (STARTING, RUNNING):
+        if self._proc is None or not self.state.live:
             return False
         self._proc.signal_group(signum)
         return True
@@ -273,23 +292,20 @@ class AgentSupervisor:
     def wait_for_heartbeat(self, version: str | None, timeout: float) -> bool:
         """True when a heartbeat from the current Agent process reporting `version` (any if None)
         arrives after this call, within `timeout` seconds; False otherwise."""
-        with self._cond:
-            seen = self._hb_seq
-            return self._cond.wait_for(
-                lambda: self._hb_seq > seen and (version is None or self._version == version), timeout)
+        return self._beats.wait(version, timeout)
 
     def current_version(self) -> str:
         """The version the Agent last reported in a heartbeat ("" before the first one)."""
         with self._lock:
-            return self._version
+            return self._beats.version
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """Post one event for the `on_agent_event` plugins (also used by the update helper for
         "updated" / "rolled_back"); they get it on their own thread. Returns the event."""
         with self._emit_lock:
-            event = {"type": event_type, "state": self.state, "pid": self.pid, "timestamp": rfc3339(),
-                     **fields}
-            log.info("agent event %s (state %s, pid %s)", event_type, self.state, self.pid or "-",
+            state = self.state.value
+            event = {"type": event_type, "state": state, "pid": self.pid, "timestamp": rfc3339(), **fields}
+            log.info("agent event %s (state %s, pid %s)", event_type, state, self.pid or "-",
                      extra={"agent_event": event})
             self.host.plugins.post_event(event)
             return event
@@ -298,46 +314,36 @@ class AgentSupervisor:
         """Manager command {"type": "agent", "action": start|stop|restart|reset, "id"}; returns at once
         with the future of the action on the supervisor's thread (the link answers the Manager when it
         is done: `start` of a binary that is missing fails with D3001), None for an unknown action."""
-        action = command.get("action")
-        actions: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
-            "start": (self._start_now, ()),
-            "stop": (self._begin_stop, (_STOP, self.cfg.agent.stop_timeout)),
-            "restart": (self._begin_stop, (_REQUESTED, self.cfg.agent.stop_timeout)),
-            "reset": (self._reset, ()),
-        }
-        if action not in actions:
-            log.error("D3001 agent command %s: unknown action %.60r (expected start, stop, restart, reset)",
-                      command.get("id"), action, extra={"code": "D3001"})
+        parsed = parse_agent_command(command)
+        if parsed is None:
             return None
-        fn, args = actions[action]
-        log.info("agent command %s: %s", command.get("id"), action)
-        future = self._post(fn, *args)
-
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            exc = f.exception()
-            if exc is not None:
-                code = exc.code if isinstance(exc, DaemonError) else "D3001"
-                log.error("agent command %s (%s) failed: %s", command.get("id"), action, exc,
-                          extra={"code": code})
-
-        future.add_done_callback(done)
+        grace = self.cfg.agent.stop_timeout
+        actions: dict[AgentAction, Callable[[], Any]] = {
+            AgentAction.START: self._start_now,
+            AgentAction.STOP: functools.partial(self._begin_stop, _STOP, grace),
+            AgentAction.RESTART: functools.partial(self._begin_stop, _REQUESTED, grace),
+            AgentAction.RESET: self._reset,
+        }
+        log.info("agent command %s: %s", parsed.id, parsed.action)
+        future = self._submit(actions[parsed.action])
+        future.add_done_callback(functools.partial(log_failure, parsed))
         return future
 
     # --- cross-thread plumbing -----------------------------------------------------------------
 
-    def _post(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    def _submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         if self._thread is None:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
             future.set_exception(AgentStartError("agent: supervision is not running"))
             return future
-        self._calls.put((fn, args, future))
-        self._wake()
-        return future
+        return self._mailbox.submit(fn)
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        # The Thread object, not Mailbox.on_owner: a thread started after this one died may be
+        # given its ident, and must not run supervisor steps as if it were the supervisor.
         if threading.current_thread() is self._thread:
-            return fn(*args)  # e.g. a plugin reacting to an event
-        return self._post(fn, *args).result(_CALL_TIMEOUT)
+            return fn()
+        return self._submit(fn).result(_CALL_TIMEOUT)
 
     def _wake(self) -> None:
         if self._waker is not None:
@@ -347,47 +353,36 @@ class AgentSupervisor:
         with self._cond:
             return self._cond.wait_for(cond, timeout)
 
-    def _set_state(self, state: str) -> None:
-        with self._cond:
-            self.state = state
-            self._cond.notify_all()
-
     # --- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:
         assert self._sel is not None
-        while not self._quit:
-            now = time.monotonic()
-            due = min(self._timers.values(), default=None)
-            timeout = None if due is None else max(0.0, due - now)
-            for key, _ in self._sel.select(timeout):
-                if key.data == "wake":
-                    key.fileobj.drain()
-                elif self._proc is not None and key.fd == self._proc.pidfd:
-                    self._guard(self._on_exit)
+        self._mailbox.bind()
+        try:
             while not self._quit:
-                try:
-                    fn, args, future = self._calls.get_nowait()
-                except queue.Empty:
-                    break
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn(*args))
-                    except BaseException as exc:
-                        future.set_exception(exc)
-            now = time.monotonic()
-            for name, when in sorted(self._timers.items(), key=lambda kv: kv[1]):
-                if when <= now and self._timers.get(name) == when:
-                    del self._timers[name]
-                    self._guard(getattr(self, f"_timer_{name}"))
-        while True:  # callers still waiting must not hang until their timeout
-            try:
-                _, _, future = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            future.set_exception(AgentStartError("agent: supervision stopped"))
+                now = time.monotonic()
+                due = min(self._timers.values(), default=None)
+                timeout = None if due is None else max(0.0, due - now)
+                for key, _ in self._sel.select(timeout):
+                    if key.data == "wake":
+                        key.fileobj.drain()
+                    elif self._proc is not None and key.fd == self._proc.pidfd:
+                        self._guard(self._on_exit)
+                while not self._quit:
+                    letter = self._mailbox.take(0)
+                    if letter is None:
+                        break
+                    self._guard(letter)
+                now = time.monotonic()
+                for name, when in sorted(self._timers.items(), key=lambda kv: kv[1]):
+                    # A timer an earlier one cancelled or moved is not due any more.
+                    if when <= now and self._timers.get(name) == when:
+                        del self._timers[name]
+                        self._guard(self._timer_actions[name])
+        finally:
+            self._mailbox.close()  # callers still waiting get D3001 now, not at their timeout
 
-    def _guard(self, fn: Callable[[], None]) -> None:
+    def _guard(self, fn: Callable[[], Any]) -> None:
         try:
             fn()
         except Exception:
@@ -402,8 +397,7 @@ class AgentSupervisor:
             proc = AgentProcess.adopt(pid, ticks)
             if proc is not None:
                 self._attach(proc)
-                self._enter_running(None)
-                self.emit("adopted", start_time=rfc3339(proc.started_at))
+                self._enter_running("adopted", start_time=rfc3339(proc.started_at))
                 return
             log.info("agent pid file names pid %d, which is not the Agent any more (%s); starting a "
                      "new Agent and leaving that pid alone", pid, describe_pid(pid))
@@ -416,16 +410,15 @@ class AgentSupervisor:
         proc = AgentProcess.spawn(a.binary_path, list(a.args), a.work_dir, env, self.stdout_log,
                                   self.stderr_log)
         self._attach(proc)
-        self._set_state(STARTING)
         self._timers["promote"] = time.monotonic() + a.start_seconds
-        # Before any plugin runs: if the daemon dies now, the next one must still find this Agent.
+        # Before any plugin hears of it: if the daemon dies now, the next one must still find this Agent.
         try:
             write_pid_file(self.pid_file, proc.pid, proc.start_ticks, a.binary_path)
         except OSError as exc:
             log.error("D3001 agent: cannot write pid file %s (the next daemon cannot adopt pid %d): %s",
                       self.pid_file, proc.pid, exc, extra={"code": "D3001"})
-        self._timers.setdefault("logs", time.monotonic() + _LOG_CHECK_EVERY)
-        self.emit("started", start_time=rfc3339(proc.started_at), binary=a.binary_path)
+        self._timers.setdefault("logs", time.monotonic() + ROTATE_CHECK_EVERY)
+        self._states.change_state(STARTING, start_time=rfc3339(proc.started_at), binary=a.binary_path)
 
     def _spawn_or_retry(self) -> None:
         """Spawn; if the binary cannot be executed, the restart policy takes over and D3001 is raised."""
@@ -434,11 +427,9 @@ class AgentSupervisor:
         except AgentStartError as exc:
             log.error("%s", exc, extra={"code": exc.code})
             with self._lock:
-                self._last_exit = {"code": None, "signal": None, "at": rfc3339(), "stderr_tail": [],
-                                   "known": False, "error": str(exc)}
-            self._set_state(EXITED)
-            self.emit("exited", error=str(exc), exit_code=None, signal=None, stderr_tail=[])
-            self._after_exit("start_failed", ran_for=0.0)
+                self._last_exit = _ExitRecord(None, None, rfc3339(), (), known=False, error=str(exc))
+            self._states.change_state(EXITED, error=str(exc), exit_code=None, signal=None, stderr_tail=[])
+            self._after_exit("start_failed", started_at=None)
             raise
 
     def _attach(self, proc: AgentProcess) -> None:
@@ -446,8 +437,7 @@ class AgentSupervisor:
         with self._lock:
             self._proc = proc
             self.pid = proc.pid
-            self._last_hb_mono = None
-            self._descendants.clear()
+            self._beats.follow(proc.pid)
             self._sample = health_mod.Sample(0.0, 0, 1)
             self._measured = False
         self._sel.register(proc.pidfd, selectors.EVENT_READ, "pidfd")
@@ -464,38 +454,37 @@ class AgentSupervisor:
         with self._lock:
             self._proc = None
             self.pid = 0
+            self._beats.follow(0)
             self._health = None
             self._running_since = None
         for name in ("promote", "health", "kill", "stable", "logs"):
             self._timers.pop(name, None)
         return proc
 
-    def _timer_promote(self) -> None:
+    def _promote_due(self) -> None:
         if self.state == STARTING:
-            self._enter_running("start_seconds")
+            self._enter_running("running", via="start_seconds")
 
-    def _enter_running(self, via: str | None) -> None:
-        """RUNNING: at the first heartbeat or after agent.start_seconds up (`via`); adoption: at once."""
+    def _enter_running(self, event: str, **fields: Any) -> None:
+        """RUNNING: at the first heartbeat or after agent.start_seconds up; an adopted Agent at once."""
         assert self._proc is not None
+        self._states.assert_in(STARTING, STOPPED)  # before the health timers start, not after
         hc = self.cfg.agent.health_check
-        now = time.monotonic()
         try:
-            self._health = health_mod.HealthChecker(
-                self._proc.pid, heartbeat_timeout=hc.heartbeat_timeout, cpu_threshold=hc.cpu_threshold,
-                memory_threshold=hc.memory_threshold, threshold_duration=hc.threshold_duration)
+            checker = health_mod.HealthChecker.for_config(self._proc.pid, hc)
         except psutil.NoSuchProcess:
             return  # it already exited; the pidfd event follows
+        now = time.monotonic()
         self._timers.pop("promote", None)
         with self._lock:
+            self._health = checker
             self._running_since = now
-        self._set_state(RUNNING)
         self._timers["health"] = now + hc.interval
-        self._timers["logs"] = now + _LOG_CHECK_EVERY
-        if self._restart_count:
-            stable_at = self._proc.started_mono + self.cfg.agent.restart.stable_after
+        self._timers["logs"] = now + ROTATE_CHECK_EVERY
+        stable_at = self._policy.stable_deadline(self._proc.started_mono)
+        if stable_at is not None:
             self._timers["stable"] = max(now, stable_at)
-        if via is not None:
-            self.emit("running", via=via)
+        self._states.change_state(RUNNING, event=event, **fields)
 
     def _start_now(self) -> None:
         if self._proc is not None:
@@ -505,72 +494,47 @@ class AgentSupervisor:
         self._timers.pop("backoff", None)
         if self.state in (STOPPED, FATAL):
             with self._lock:
-                self._restart_count = 0
+                self._policy.reset()
         self._spawn_or_retry()
 
     def _reset(self) -> None:
         with self._lock:
-            self._restart_count = 0
+            self._policy.reset()
         log.info("agent restart count reset")
         if self.state == FATAL:
             self._spawn_or_retry()
 
-    def _timer_stable(self) -> None:
-        if self.state == RUNNING and self._restart_count:
-            log.info("agent stable for %.0fs; restart count %d reset",
-                     self.cfg.agent.restart.stable_after, self._restart_count)
-            with self._lock:
-                self._restart_count = 0
+    def _stable_due(self) -> None:
+        if self.state != RUNNING or self._proc is None:
+            return
+        with self._lock:
+            count = self._policy.count
+            settled = self._policy.settle(self._proc.started_mono)
+        if settled:
+            log.info("agent stable for %.0fs; restart count %d reset", self._policy.rules.stable_after, count)
 
     # --- watching ------------------------------------------------------------------------------
 
     def _on_heartbeat(self, hb: Heartbeat) -> None:
         """Called on the heartbeat thread for every valid line."""
         with self._cond:
-            if not self._is_agent(hb.peer.pid):
-                self._foreign += 1
+            if not self._beats.record(hb):
                 return
-            self._hb_seq += 1
-            self._version = hb.version
-            self._last_hb_wall = time.time()
-            self._last_hb_mono = hb.received
-            self._cond.notify_all()
             promote = self.state == STARTING
             pid = self.pid
-        if promote:
-            self._post(self._promote_on_heartbeat, pid)
+        if promote and not self._mailbox.closed:  # a dead loop must not collect letters for ever
+            self._mailbox.post(functools.partial(self._promote_on_heartbeat, pid))
 
     def _promote_on_heartbeat(self, pid: int) -> None:
         if self.state == STARTING and self.pid == pid:
-            self._enter_running("heartbeat")
+            self._enter_running("running", via="heartbeat")
 
-    def _is_agent(self, peer_pid: int) -> bool:
-        """The connecting process is the Agent or one of its descendants (cached per peer pid)."""
-        agent = self.pid
-        if not agent or peer_pid <= 0:
-            return False
-        if peer_pid == agent:
-            return True
-        with self._lock:
-            known = self._descendants.get(peer_pid)
-            if known is not None:
-                return known
-        try:
-            result = any(p.pid == agent for p in psutil.Process(peer_pid).parents())
-        except psutil.Error:
-            result = False
-        with self._lock:
-            if len(self._descendants) > 256:
-                self._descendants.clear()
-            self._descendants[peer_pid] = result
-        return result
-
-    def _timer_health(self) -> None:
+    def _health_due(self) -> None:
         if self.state != RUNNING or self._health is None:
             return
         assert self._running_since is not None and self._proc is not None
         hc = self.cfg.agent.health_check
-        last = self._last_hb_mono if self._last_hb_mono is not None else self._running_since
+        last = self._beats.last_mono if self._beats.last_mono is not None else self._running_since
         last = max(last, self._running_since)
         # Next tick first (a check that raises must not end health checking), and no later than the
         # moment the heartbeat deadline passes: a silent Agent is caught at heartbeat_timeout, not
@@ -587,7 +551,7 @@ class AgentSupervisor:
         if reason == health_mod.DEAD and _readable(self._proc.pidfd):
             self._on_exit()  # an ordinary exit the loop has not picked up yet: not "unhealthy"
             return
-        details = self._unhealthy_details(reason)
+        details = self._health.explain(reason)
         err = AgentHealthError(f"agent pid {self.pid} unhealthy: {reason} ({details}); restarting")
         log.warning("%s", err, extra={"code": err.code})
         self.emit("unhealthy", reason=reason, details=details)
@@ -598,27 +562,11 @@ class AgentSupervisor:
         else:
             self._stop_process(reason, self.cfg.agent.stop_timeout)
 
-    def _unhealthy_details(self, reason: str) -> str:
-        hc = self.cfg.agent.health_check
-        s = self._sample
-        if reason == health_mod.CPU_THRESHOLD:
-            return f"cpu {s.cpu_percent:.1f}% > {hc.cpu_threshold}% for {hc.threshold_duration:g}s"
-        if reason == health_mod.MEMORY_THRESHOLD:
-            return f"rss {s.memory_bytes} > {hc.memory_threshold} bytes for {hc.threshold_duration:g}s"
-        if reason == health_mod.HEARTBEAT_TIMEOUT:
-            return f"no heartbeat for {hc.heartbeat_timeout:g}s"
-        return "process gone"
-
-    def _timer_logs(self) -> None:
+    def _logs_due(self) -> None:
         a = self.cfg.agent
-        for path in (self.stdout_log, self.stderr_log):
-            try:
-                if rotate_copy_truncate(path, a.log_max_bytes, a.log_backups):
-                    log.info("rotated agent log %s", path)
-            except OSError as exc:
-                log.warning("cannot rotate agent log %s: %s", path, exc)
+        self._output.rotate(a.log_max_bytes, a.log_backups)
         if self._proc is not None:
-            self._timers["logs"] = time.monotonic() + _LOG_CHECK_EVERY
+            self._timers["logs"] = time.monotonic() + ROTATE_CHECK_EVERY
 
     # --- stopping ------------------------------------------------------------------------------
 
@@ -628,8 +576,7 @@ class AgentSupervisor:
             if intent == _REQUESTED:
                 self._start_now()
             elif self.state != STOPPED:
-                self._set_state(STOPPED)
-                self.emit("stopped", reason="requested")
+                self._states.change_state(STOPPED, reason="requested")
             return
         self._stop_process(intent, grace)
 
@@ -645,7 +592,7 @@ class AgentSupervisor:
                 self._intent = _STOP  # a stop request wins over a restart in progress
             return
         self._intent = intent
-        self._set_state(STOPPING)
+        self._states.change_state(STOPPING)
         self._timers.pop("promote", None)
         self._timers.pop("health", None)
         if self._proc.traced():
@@ -657,7 +604,7 @@ class AgentSupervisor:
         self._kill_grace = grace
         self._timers["kill"] = time.monotonic() + grace
 
-    def _timer_kill(self) -> None:
+    def _kill_due(self) -> None:
         if self._proc is not None and self.state == STOPPING:
             log.warning("agent pid %d still running %gs after SIGTERM; sending SIGKILL", self.pid,
                         self._kill_grace)
@@ -680,23 +627,19 @@ class AgentSupervisor:
         log_fn = log.info if intent is not None else log.warning
         log_fn("agent pid %d %s after %.1fs", proc.pid, info.describe(), ran_for)
         if intent == _STOP:
-            self._set_state(STOPPED)
-            self.emit("stopped", reason="requested", **fields)
+            self._states.change_state(STOPPED, reason="requested", **fields)
             return
-        self._set_state(EXITED)
-        self.emit("exited", **fields, **({"reason": intent} if intent else {}))
+        self._states.change_state(EXITED, **fields, **({"reason": intent} if intent else {}))
         if intent == _REQUESTED:
             self.emit("restarting", reason=_REQUESTED, delay=0.0, attempt=0)
             self._spawn_or_retry()
             return
-        self._after_exit(intent or "exited", ran_for)
+        self._after_exit(intent or "exited", started_at=proc.started_mono)
 
     def _record_exit(self, info: ExitInfo, proc: AgentProcess) -> dict[str, Any]:
-        tail = tail_lines(self.stderr_log, _STDERR_TAIL_LINES, since=proc.stderr_offset)
-        record = {"code": info.code, "signal": info.signal, "at": rfc3339(info.at), "stderr_tail": tail,
-                  "known": info.known}
+        tail = self._output.stderr_tail(proc.stderr_offset)
         with self._lock:
-            self._last_exit = record
+            self._last_exit = _ExitRecord(info.code, info.signal, rfc3339(info.at), tuple(tail), info.known)
         out: dict[str, Any] = {"pid": proc.pid, "exit_code": info.code, "signal": info.signal,
                                "exit_known": info.known, "stderr_tail": tail}
         if info.signal is not None:
@@ -705,37 +648,32 @@ class AgentSupervisor:
 
     # --- restart policy ------------------------------------------------------------------------
 
-    def _after_exit(self, reason: str, ran_for: float) -> None:
-        r = self.cfg.agent.restart
+    def _after_exit(self, reason: str, started_at: float | None) -> None:
+        """The Agent ended without being asked to (`started_at`: None when it could not be executed):
+        restart it now, after a backoff, or give up (FATAL), as restart_policy decides."""
         with self._lock:
-            if ran_for >= r.stable_after:
-                self._restart_count = 0
-            attempt = self._restart_count
-        if attempt >= r.max_retries:
-            self._set_state(FATAL)
-            err = AgentStartError(f"agent: gave up after {attempt} restart(s) without {r.stable_after:g}s "
-                                  f"of stable running (last: {reason}); FATAL until an operator or the "
-                                  "Manager starts or resets it")
+            verdict = self._policy.after_exit(started_at)
+        if verdict.give_up:
+            err = AgentStartError(f"agent: gave up after {verdict.attempt} restart(s) without "
+                                  f"{self._policy.rules.stable_after:g}s of stable running (last: {reason}); "
+                                  "FATAL until an operator or the Manager starts or resets it")
             log.error("%s", err, extra={"code": err.code})
-            self.emit("fatal", reason=reason, restart_count=attempt)
+            self._states.change_state(FATAL, reason=reason, restart_count=verdict.attempt)
             return
-        delay = backoff_delay(attempt, r.backoff_base, r.backoff_max)
-        self.emit("restarting", reason=reason, delay=delay, attempt=attempt + 1)
-        if delay > 0:
-            self._set_state(BACKOFF)
-            self._timers["backoff"] = time.monotonic() + delay
-            self.emit("backoff", reason=reason, delay=delay, attempt=attempt + 1)
+        self.emit("restarting", reason=reason, delay=verdict.delay, attempt=verdict.attempt)
+        if verdict.delay > 0:
+            self._timers["backoff"] = time.monotonic() + verdict.delay
+            self._states.change_state(BACKOFF, reason=reason, delay=verdict.delay, attempt=verdict.attempt)
             return
         self._restart_now()
 
-    def _timer_backoff(self) -> None:
+    def _backoff_due(self) -> None:
         if self.state == BACKOFF:
             self._restart_now()
 
     def _restart_now(self) -> None:
         with self._lock:
-            self._restart_count += 1
-            self._restarts_total += 1
+            self._policy.restarting()
             self._last_restart = time.time()
         try:
             self._spawn_or_retry()
@@ -744,32 +682,15 @@ class AgentSupervisor:
 
     # --- configuration -------------------------------------------------------------------------
 
-    def _new_server(self, a: Any) -> HeartbeatServer:
-        return HeartbeatServer(a.socket_path, a.socket_mode, a.socket_group, self._on_heartbeat,
-                               self._is_agent)
-
     def _reload(self, cfg: Any) -> None:
         old = self.cfg.agent
         self.cfg = cfg
         a = cfg.agent
-        if (a.socket_path, a.socket_mode, a.socket_group) != (old.socket_path, old.socket_mode,
-                                                              old.socket_group):
-            new = self._new_server(a)
-            try:
-                new.start()
-            except AgentStartError as exc:
-                log.error("%s; heartbeats stay on %s", exc, old.socket_path, extra={"code": exc.code})
-            else:
-                if self._server is not None:
-                    self._server.stop()
-                self._server = new
-                if self._proc is not None and a.socket_path != old.socket_path:
-                    log.warning("agent pid %d still has AGENT_SOCKET=%s; it gets the new path at its "
-                                "next start", self.pid, old.socket_path)
+        with self._lock:
+            self._policy.rules = RestartRules.of(a.restart)
+        self._beats.relisten(old, a, self.pid)
         hc = a.health_check
         if self._health is not None:
-            self._health.configure(heartbeat_timeout=hc.heartbeat_timeout, cpu_threshold=hc.cpu_threshold,
-                                   memory_threshold=hc.memory_threshold,
-                                   threshold_duration=hc.threshold_duration)
+            self._health.configure_from(hc)
         if "health" in self._timers:
             self._timers["health"] = min(self._timers["health"], time.monotonic() + hc.interval)
