@@ -46,17 +46,19 @@ class Mailbox:
         self._letters: queue.SimpleQueue[Letter] = queue.SimpleQueue()
         self._closed_error = closed_error  # what a sender gets once the owner stopped taking letters
         self._wake = wake
-        self._owner: int | None = None
+        self._owner: threading.Thread | None = None
         self.closed = False
 
     def bind(self) -> None:
         """The calling thread becomes the owner: its own `call`s run at once instead of deadlocking."""
-        self._owner = threading.get_ident()
+        self._owner = threading.current_thread()
         self.closed = False
 
     @property
     def on_owner(self) -> bool:
-        return threading.get_ident() == self._owner
+        # The Thread object, not its ident: a thread started after the owner died may be given
+        # the same ident, and must not run the owner's work inline as if it were the owner.
+        return threading.current_thread() is self._owner
 
     # --- senders, any thread ---------------------------------------------------------------------
 

@@ -339,9 +339,7 @@ class AgentSupervisor:
         return self._mailbox.submit(fn)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        # The Thread object, not Mailbox.on_owner: a thread started after this one died may be
-        # given its ident, and must not run supervisor steps as if it were the supervisor.
-        if threading.current_thread() is self._thread:
+        if self._mailbox.on_owner:  # e.g. a plugin reacting to an event on this thread
             return fn()
         return self._submit(fn).result(_CALL_TIMEOUT)
 
