@@ -659,7 +659,9 @@ class AgentSupervisor:
             self._states.change_state(FATAL, reason=reason, restart_count=verdict.attempt)
             return
         self.emit("restarting", reason=reason, delay=verdict.delay, attempt=verdict.attempt)
-        if verdict.delay > 0:
+        # A start that failed is retried from the loop even without a delay: retrying inside the
+        # failed start would nest one more level per attempt until Python's recursion limit.
+        if verdict.delay > 0 or started_at is None:
             self._timers["backoff"] = time.monotonic() + verdict.delay
             self._states.change_state(BACKOFF, reason=reason, delay=verdict.delay, attempt=verdict.attempt)
             return

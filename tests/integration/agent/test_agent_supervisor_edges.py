@@ -97,3 +97,14 @@ def test_a_thread_given_the_dead_supervisors_ident_cannot_run_its_steps(harness)
         pytest.skip("no new thread was given the dead supervisor's ident")
     assert isinstance(outcome[0], AgentStartError) and "supervision stopped" in str(outcome[0])
     assert sup.state == "STOPPED" and sup.pid == 0 and rec.types().count("started") == 1
+
+
+def test_hundreds_of_immediate_retries_of_a_missing_binary_unwind_through_the_loop(harness):
+    # backoff_base 0 retries at once; each retry must go back through the supervisor's loop, not
+    # nest inside the failed start (about 3 stack levels each reached Python's limit near 300).
+    sup, rec = harness.supervisor(binary_path=f"{harness.dir}/no-such-agent",
+                                  restart={"max_retries": 600, "backoff_base": "0s", "backoff_max": "0s",
+                                           "stable_after": "10s"})
+    fatal = rec.wait_for("fatal", 1, timeout=60)
+    assert fatal["restart_count"] == 600 and sup.state == "FATAL"
+    assert rec.types().count("exited") == 601 and rec.types().count("started") == 0
