@@ -62,8 +62,9 @@ class ControlServer(SocketLoop[Connection]):
         self.path = path
         self._engine_call = engine_call
         self.commands: dict[str, Command] = {}
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        self._clients: dict[socket.socket, threading.Thread] = {}  # connections handed to threads
+        # Connections handed to their threads, at most MAX_CLIENTS: the loop adds, each thread
+        # removes its own, stop() shuts down and joins what is left.
+        self._clients: dict[socket.socket, threading.Thread] = {}
         self._clients_lock = threading.Lock()
 
     def register(self, name: str, fn: Handler, *, on_engine_thread: bool = True,
@@ -133,7 +134,12 @@ class ControlServer(SocketLoop[Connection]):
                   extra={"code": "D1004"})
 
     def _admit(self, conn: socket.socket) -> None:
-        if not self._slots.acquire(blocking=False):
+        thread = threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True)
+        with self._clients_lock:
+            busy = len(self._clients) >= MAX_CLIENTS
+            if not busy:
+                self._clients[conn] = thread
+        if busy:
             conn.settimeout(1.0)
             try:
                 self._reply(conn, _error(ControlError("busy: too many control connections")))
@@ -141,15 +147,11 @@ class ControlServer(SocketLoop[Connection]):
                 pass
             conn.close()
             return
-        thread = threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True)
-        with self._clients_lock:
-            self._clients[conn] = thread
         try:
             thread.start()
         except BaseException:
             with self._clients_lock:
                 del self._clients[conn]
-            self._slots.release()
             raise  # the loop closes the connection and logs why
 
     def _client(self, conn: socket.socket) -> None:
@@ -176,7 +178,6 @@ class ControlServer(SocketLoop[Connection]):
             with self._clients_lock:  # out of the table before closing: stop() shuts down only live ones
                 self._clients.pop(conn, None)
             conn.close()
-            self._slots.release()
 
     @staticmethod
     def _peer_uid(conn: socket.socket) -> int:
