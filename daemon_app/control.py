@@ -67,6 +67,12 @@ class ControlServer(SocketLoop[Connection]):
         self._clients: dict[socket.socket, threading.Thread] = {}
         self._clients_lock = threading.Lock()
 
+    @property
+    def connections(self) -> int:
+        """Open client connections (each served by its own thread, not watched by the loop)."""
+        with self._clients_lock:
+            return len(self._clients)
+
     def register(self, name: str, fn: Handler, *, on_engine_thread: bool = True,
                  timeout: float = 30.0) -> None:
         """Add a command: `fn(args) -> JSON-able result`; raise DaemonError to answer with its code."""
