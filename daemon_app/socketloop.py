@@ -108,6 +108,7 @@ class SocketLoop(Generic[C]):
                 self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
                 self._thread.start()
             except BaseException:
+                self._thread = None
                 self._listener = listener
                 self._teardown()
                 raise

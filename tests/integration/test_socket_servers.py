@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from daemon_app import threads
 from daemon_app.agent.heartbeat import HeartbeatServer
 from daemon_app.control import MAX_CLIENTS, ControlServer
+from daemon_app.errors import AgentStartError, ConfigValidateError
 from daemon_app.prometheus.server import MetricsServer
 from daemon_app.socketloop import READ, SocketLoop
+from daemon_app.threads import reason
 from tests.helpers import ROOT, short_tmpdir, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -205,6 +206,40 @@ def test_stop_before_start_does_nothing_and_leaves_nothing(name):
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.parametrize("name", sorted(KITS))
+def test_a_start_that_fails_leaves_nothing_and_a_later_start_works(name):
+    work = short_tmpdir("sl")
+    threads = server_threads()
+    holder = socket.socket()
+    fds = open_fds()
+    try:
+        made = KITS[name](work)
+        if made.path is not None:  # a regular file where the socket should go: never replaced
+            with open(made.path, "w") as fh:
+                fh.write("not a socket")
+        else:  # the port taken by someone else
+            holder.bind(("127.0.0.1", 0))
+            holder.listen(1)
+            made.server.port = holder.getsockname()[1]
+        refused = {"heartbeat": AgentStartError, "control": ConfigValidateError, "prometheus": OSError}
+        with pytest.raises(refused[name]):
+            made.server.start()
+        if made.path is not None:
+            with open(made.path) as fh:
+                assert fh.read() == "not a socket"
+            os.unlink(made.path)
+        else:
+            holder.close()
+        assert server_threads() == threads and open_fds() <= fds
+        made.server.start()
+        made.exchange()
+        made.server.stop()
+    finally:
+        holder.close()
+        shutil.rmtree(work, ignore_errors=True)
+    wait_until(lambda: open_fds() <= fds and server_threads() == threads, 10, what="nothing left")
+
+
 def test_starting_a_running_server_is_refused_and_it_still_serves(kit):
     with pytest.raises((RuntimeError, OSError)):
         kit.server.start()
@@ -272,7 +307,7 @@ LOW_FD_SERVER = """
 import json, os, resource, signal, sys, time
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "control":
-    from daemon_app.control import MAX_CLIENTS, ControlServer
+    from daemon_app.control import ControlServer
     server = ControlServer(path, lambda fn, timeout: fn())
     server.register("echo", lambda args: "echo")
 else:
@@ -335,7 +370,7 @@ def test_running_out_of_descriptors_pauses_accepting_then_serves_again(kind):
 
 
 def test_no_server_thread_is_unlisted_in_daemon_status():
-    assert all(threads.reason(name) != "unlisted" for name in THREAD_NAMES - {"echo-loop"})
+    assert all(reason(name) != "unlisted" for name in THREAD_NAMES - {"echo-loop"})
 
 
 def test_a_refused_control_client_is_answered_busy_and_the_others_are_served():
