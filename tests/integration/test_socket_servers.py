@@ -398,3 +398,33 @@ def test_a_refused_control_client_is_answered_busy_and_the_others_are_served():
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)
     wait_until(lambda: "control-client" not in server_threads(), 5, what="the client threads ended")
+
+
+def test_control_stop_is_bounded_by_a_command_still_running_and_its_thread_ends_after_it():
+    work = short_tmpdir("slc")
+    srv = ControlServer(os.path.join(work, "c.sock"), lambda fn, timeout: fn())
+    running, release = threading.Event(), threading.Event()
+
+    def slow(args):
+        running.set()
+        release.wait(20)
+        return "late"
+
+    srv.register("slow", slow, on_engine_thread=False)
+    srv.start()
+    try:
+        with unix_connect(srv.path) as s:
+            s.sendall(b'{"cmd": "slow"}\n')
+            assert running.wait(5)
+            began = time.monotonic()
+            srv.stop(timeout=0.5)
+            assert time.monotonic() - began < 2, "stop() waited for the command beyond its timeout"
+            assert not os.path.lexists(srv.path)
+            release.set()
+            assert closed_by_server(s), "the connection outlived its command after stop()"
+        wait_until(lambda: srv.connections == 0 and "control-client" not in server_threads(), 5,
+                   what="the client thread ended once its command returned")
+    finally:
+        release.set()
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
