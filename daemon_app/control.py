@@ -10,22 +10,21 @@ peer's credentials are checked (SO_PEERCRED): only the daemon's own user or root
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import select
 import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from daemon_app import fsutil
 from daemon_app.errors import ConfigValidateError, ControlError, DaemonError
-from daemon_app.wakeup import WakePipe
+from daemon_app.socketloop import ACCEPT_PAUSE, STOP_TIMEOUT, Connection, SocketLoop
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +48,30 @@ class Command:
     timeout: float
 
 
-class ControlServer:
-    """Serves the control socket from one thread; a short-lived thread per connection.
+class ControlServer(SocketLoop[Connection]):
+    """Serves the control socket: a `SocketLoop` thread accepts, a short-lived thread per connection.
 
     Commands registered with `on_engine_thread=True` (the default) run on the engine's thread via
-    `engine_call(fn, timeout)`, so they never race the loop; read-only ones (status) run here.
+    `engine_call(fn, timeout)`, so they never race the loop; read-only ones (status) run here. A
+    connection has its own thread, not a place in the loop, because a command may wait seconds
+    for the engine; `stop()` ends those threads too.
     """
 
     def __init__(self, path: str, engine_call: EngineCall) -> None:
+        super().__init__("control", log, socket_file=path, accept_batch=MAX_CLIENTS)
         self.path = path
         self._engine_call = engine_call
         self.commands: dict[str, Command] = {}
-        self._sock: socket.socket | None = None
-        self._inode: tuple[int, int] | None = None
-        self._waker: WakePipe | None = None
-        self._thread: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        # Connections handed to their threads, at most MAX_CLIENTS: the loop adds, each thread
+        # removes its own, stop() shuts down and joins what is left.
+        self._clients: dict[socket.socket, threading.Thread] = {}
+        self._clients_lock = threading.Lock()
+
+    @property
+    def connections(self) -> int:
+        """Open client connections (each served by its own thread, not watched by the loop)."""
+        with self._clients_lock:
+            return len(self._clients)
 
     def register(self, name: str, fn: Handler, *, on_engine_thread: bool = True,
                  timeout: float = 30.0) -> None:
@@ -73,8 +80,8 @@ class ControlServer:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind and serve. The caller holds the instance lock, so a socket left here is stale."""
+    def _listen(self) -> socket.socket:
+        """Bind. The caller holds the instance lock, so a socket left here is stale."""
         size = len(os.fsencode(self.path))
         if size > 107:
             raise ConfigValidateError([f"daemon.control_socket: {self.path!r} is {size} bytes; a Unix "
@@ -97,13 +104,8 @@ class ControlServer:
         finally:
             os.umask(old)
         sock.listen(16)
-        st = os.stat(self.path)
-        self._inode = (st.st_dev, st.st_ino)
-        self._sock = sock
-        self._waker = WakePipe()
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
         log.debug("control socket listening on %s", self.path)
+        return sock
 
     def _remove_stale(self) -> None:
         try:
@@ -115,49 +117,48 @@ class ControlServer:
                                        "remove it or choose another path"])
         os.unlink(self.path)
 
-    def stop(self) -> None:
-        if self._sock is None:
-            return
-        assert self._waker is not None
-        self._waker.wake()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._sock.close()
-        self._sock = None
-        self._waker.close()
-        self._waker = None
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == self._inode:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Close the socket, then end the connection threads: a client waiting for its next request
+        is woken by a shutdown of its connection; one inside a command gets until `timeout`."""
+        deadline = time.monotonic() + timeout
+        super().stop(timeout)
+        with self._clients_lock:
+            threads = list(self._clients.values())
+            for conn in self._clients:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the peer is gone already
+        for thread in threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # --- serving --------------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        assert self._sock is not None
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
-        assert self._waker is not None
-        wake_fd = self._waker.fileno()
-        poller.register(wake_fd, select.POLLIN)
-        while True:
-            events = poller.poll()
-            if any(fd == wake_fd for fd, _ in events):
-                return
+    def _accept_failed(self, exc: OSError) -> None:
+        log.error("D1004 control socket accept failed: %s; pausing %gs", exc, ACCEPT_PAUSE,
+                  extra={"code": "D1004"})
+
+    def _admit(self, conn: socket.socket) -> None:
+        thread = threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True)
+        with self._clients_lock:
+            busy = len(self._clients) >= MAX_CLIENTS
+            if not busy:
+                self._clients[conn] = thread
+        if busy:
+            conn.settimeout(1.0)
             try:
-                conn, _ = self._sock.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
-                    continue
-                log.error("D1004 control socket accept failed: %s", exc, extra={"code": "D1004"})
-                return
-            if not self._slots.acquire(blocking=False):
                 self._reply(conn, _error(ControlError("busy: too many control connections")))
-                conn.close()
-                continue
-            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+            except OSError:
+                pass
+            conn.close()
+            return
+        try:
+            thread.start()
+        except BaseException:
+            with self._clients_lock:
+                del self._clients[conn]
+            raise  # the loop closes the connection and logs why
 
     def _client(self, conn: socket.socket) -> None:
         try:
@@ -167,21 +168,22 @@ class ControlServer:
                 self._refuse(conn, _error(ControlError(f"permission denied for uid {uid}")))
                 return
             conn.settimeout(IDLE_TIMEOUT)
-            reader = conn.makefile("rb")
-            while True:
-                line = reader.readline(MAX_LINE + 1)
-                if not line:
-                    return
-                if len(line) > MAX_LINE:
-                    self._reply(conn, _error(ControlError(f"request longer than {MAX_LINE} bytes")))
-                    return
-                if line.strip():
-                    self._reply(conn, self.execute(line))
+            with conn.makefile("rb") as reader:
+                while True:
+                    line = reader.readline(MAX_LINE + 1)
+                    if not line:
+                        return
+                    if len(line) > MAX_LINE:
+                        self._reply(conn, _error(ControlError(f"request longer than {MAX_LINE} bytes")))
+                        return
+                    if line.strip():
+                        self._reply(conn, self.execute(line))
         except OSError:
-            return  # the client went away or idled out; nothing to answer
+            return  # the client went away, idled out or was shut down by stop(); nothing to answer
         finally:
+            with self._clients_lock:  # out of the table before closing: stop() shuts down only live ones
+                self._clients.pop(conn, None)
             conn.close()
-            self._slots.release()
 
     @staticmethod
     def _peer_uid(conn: socket.socket) -> int:

@@ -21,6 +21,7 @@ REASONS: dict[str, str] = {
     "manager-link": "the Manager link's asyncio loop: register, heartbeats, reports, commands, keepalive",
     "manager-link-resolve": "(ends) one DNS lookup of the Manager's host name",
     "collect:": "runs one collector, so a hung one holds up only itself; ends after 5 s without work",
+    "prometheus": "serves /metrics from the latest report (prometheus.enabled)",
     "disk-statvfs": "statvfs of each mount under a timeout, so a hung mount never blocks collection",
     "report:": "(ends) one report hook call, bounded by daemon.report_timeout",
     "update-": "(ends) one update or rollback job",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 
 class WakePipe:
@@ -10,16 +11,21 @@ class WakePipe:
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # wake() and close() from different threads: without the lock a wake-up could be written to
+        # whatever file next got the closed pipe's descriptor number. Reentrant, because wake() may
+        # run in a signal handler that interrupted a wake() on the same thread.
+        self._lock = threading.RLock()
 
     def fileno(self) -> int:
         return self._r
 
     def wake(self) -> None:
-        if self._w >= 0:
-            try:
-                os.write(self._w, b"x")
-            except OSError:
-                pass  # a wake-up is already pending (pipe full), or the pipe is closing
+        with self._lock:
+            if self._w >= 0:
+                try:
+                    os.write(self._w, b"x")
+                except OSError:
+                    pass  # a wake-up is already pending (pipe full)
 
     def drain(self) -> None:
         try:
@@ -29,7 +35,8 @@ class WakePipe:
             pass
 
     def close(self) -> None:
-        for fd in (self._r, self._w):
-            if fd >= 0:
-                os.close(fd)
-        self._r, self._w = -1, -1
+        with self._lock:
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r, self._w = -1, -1

@@ -1,6 +1,6 @@
 """Heartbeat receiver: JSON lines from the Agent on a Unix socket (seed §3.3.3), hostile input bounded.
 
-One thread runs a selector over non-blocking sockets. Every peer is checked with SO_PEERCRED; every
+One `SocketLoop` thread serves non-blocking sockets. Every peer is checked with SO_PEERCRED; every
 line is size-limited (a connection never holds more than MAX_LINE bytes, in any code path) and
 depth-limited before it reaches the JSON parser; any failure while reading or parsing a line is
 counted as invalid and drops its connection; a partial line held longer than PARTIAL_LINE_TIMEOUT
@@ -18,19 +18,17 @@ import math
 import os
 import pwd
 import re
-import selectors
 import socket
 import stat
 import struct
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daemon_app.compat import fromisoformat
 from daemon_app.errors import AgentHealthError, AgentStartError
-from daemon_app.wakeup import WakePipe
+from daemon_app.socketloop import ACCEPT_PAUSE, SocketLoop
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,6 @@ MAX_LINE = 64 * 1024  # bytes in one line, its newline included
 MAX_DEPTH = 32  # nesting of JSON arrays/objects in one line; a heartbeat needs 2
 PARTIAL_LINE_TIMEOUT = 5.0  # seconds a connection may hold an unfinished line
 MAX_CONNECTIONS = 64
-_ACCEPT_PAUSE = 0.5  # seconds without accepting after accept() failed for want of descriptors
 MAX_PID = 1 << 22  # the kernel's PID_MAX_LIMIT
 MAX_MEMORY = 1 << 62  # bytes; anything larger is not a real RSS
 MAX_CPU = 1e6  # percent (100 = one core)
@@ -183,15 +180,18 @@ class Counters:
     lines: int = 0  # valid heartbeat lines, whoever sent them
 
 
-class HeartbeatServer:
+class HeartbeatServer(SocketLoop[_Conn]):
     """Listens on `path`; calls `on_heartbeat(hb)` from its own thread for every valid line.
 
     `is_agent(peer_pid)` tells which connections belong to the supervised Agent (never evicted).
+    The thread, accept (paused when out of descriptors), stop and teardown are `SocketLoop`'s.
     """
 
     def __init__(self, path: str, mode: int, group: str, on_heartbeat: Callable[[Heartbeat], None],
                  is_agent: Callable[[int], bool], *, max_connections: int = MAX_CONNECTIONS,
                  max_line: int = MAX_LINE, partial_timeout: float = PARTIAL_LINE_TIMEOUT) -> None:
+        # Accepts per wake-up bounded by the cap, so the listener cannot starve established peers.
+        super().__init__("agent-heartbeat", log, socket_file=path, accept_batch=max_connections)
         self.path = path
         self.mode = mode
         self.group = group
@@ -203,62 +203,16 @@ class HeartbeatServer:
         self.counters = Counters()
         self._gid: int | None = None
         self._members: frozenset[str] = frozenset()
-        self._listener: socket.socket | None = None
-        self._bound: tuple[int, int] = (0, 0)  # (dev, inode) of our socket file, to unlink only ours
-        self._conns: dict[int, _Conn] = {}
-        self._sel: selectors.DefaultSelector | None = None
-        self._waker: WakePipe | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._accept_resume: float | None = None  # set while accepting is paused (out of descriptors)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind (mode and group set before the socket appears at `path`) and start the thread."""
+    def _listen(self) -> socket.socket:
+        """Bind (mode and group set before the socket appears at `path`)."""
         self._resolve_group()
-        self._listener = self._bind()
-        self._sel = selectors.DefaultSelector()
-        self._waker = WakePipe()
-        self._sel.register(self._listener, selectors.EVENT_READ, "listen")
-        self._sel.register(self._waker, selectors.EVENT_READ, "wake")
-        self._stopping = False
-        self._accept_resume = None
-        self._thread = threading.Thread(target=self._run, name="agent-heartbeat", daemon=True)
-        self._thread.start()
+        sock = self._bind()
         log.info("agent heartbeat socket listening on %s (mode %04o%s)", self.path, self.mode,
                  f", group {self.group}" if self.group else "")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
-        if self._waker is not None:
-            self._waker.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        for conn in list(self._conns.values()):
-            conn.sock.close()
-        self._conns.clear()
-        if self._listener is not None:
-            # Unlink only our own socket: a newer daemon may already have bound a fresh one there.
-            try:
-                st = os.lstat(self.path)
-                if (st.st_dev, st.st_ino) == self._bound:
-                    os.unlink(self.path)
-            except OSError:
-                pass
-            self._listener.close()
-            self._listener = None
-        if self._sel is not None:
-            self._sel.close()
-            self._sel = None
-        if self._waker is not None:
-            self._waker.close()
-            self._waker = None
-
-    @property
-    def connections(self) -> int:
-        return len(self._conns)
+        return sock
 
     def _resolve_group(self) -> None:
         self._gid, self._members = None, frozenset()
@@ -289,10 +243,7 @@ class HeartbeatServer:
             if self._gid is not None:
                 os.chown(tmp_path, -1, self._gid)
             os.replace(tmp_path, self.path)
-            st = os.lstat(self.path)
-            self._bound = (st.st_dev, st.st_ino)
             sock.listen(128)
-            sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise AgentStartError(f"agent: cannot listen on {self.path}: {exc}") from exc
@@ -304,40 +255,15 @@ class HeartbeatServer:
             os.rmdir(private)
         return sock
 
-    # --- the selector loop ---------------------------------------------------------------------
+    # --- the protocol ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        assert self._sel is not None
-        while not self._stopping:
-            try:
-                events = self._sel.select(self._next_timeout())
-            except OSError:  # pragma: no cover - the selector was closed under us
-                return
-            for key, _ in events:
-                if key.data == "listen":
-                    try:
-                        self._accept()
-                    except Exception:  # never let one bad peer kill the receiver
-                        log.exception("agent heartbeat receiver error")
-                elif key.data == "wake":
-                    return
-                else:
-                    self._read_guarded(key.data)
-            self._close_stalled()
-            self._resume_accepting()
-
-    def _next_timeout(self) -> float | None:
-        """Seconds until the oldest partial line goes stale or accepting resumes (None: neither)."""
+    def _deadline(self) -> float | None:
+        """When the oldest partial line goes stale (None: no connection holds one)."""
         due = [c.partial_since + self.partial_timeout for c in self._conns.values()
                if c.partial_since is not None]
-        if self._accept_resume is not None:
-            due.append(self._accept_resume)
-        if not due:
-            return None
-        return max(0.0, min(due) - time.monotonic())
+        return min(due) if due else None
 
-    def _close_stalled(self) -> None:
-        now = time.monotonic()
+    def _expire(self, now: float) -> None:
         for conn in [c for c in self._conns.values() if c.partial_since is not None
                      and now - c.partial_since >= self.partial_timeout]:
             self.counters.stalled += 1
@@ -345,42 +271,12 @@ class HeartbeatServer:
                       self.partial_timeout)
             self._close(conn)
 
-    def _accept(self) -> None:
-        assert self._listener is not None and self._sel is not None
-        # Bounded per wake-up so the listener cannot starve reads from established connections.
-        for _ in range(self.max_connections):
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends
-                self._pause_accepting(exc)
-                return
-            try:
-                self._admit(sock)
-            except Exception:
-                if sock.fileno() not in self._conns:
-                    sock.close()  # never leak the descriptor of a half-admitted peer
-                raise
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Out of descriptors (or memory): the pending connection keeps the listener readable, so
-        polling it again at once would spin a core. Stop listening for a moment instead."""
-        assert self._listener is not None and self._sel is not None
-        log.warning("D3001 agent heartbeat socket cannot accept (%s); pausing %gs", exc, _ACCEPT_PAUSE,
+    def _accept_failed(self, exc: OSError) -> None:
+        log.warning("D3001 agent heartbeat socket cannot accept (%s); pausing %gs", exc, ACCEPT_PAUSE,
                     extra={"code": "D3001"})
         self.counters.accept_errors += 1
-        self._sel.unregister(self._listener)
-        self._accept_resume = time.monotonic() + _ACCEPT_PAUSE
-
-    def _resume_accepting(self) -> None:
-        if self._accept_resume is not None and time.monotonic() >= self._accept_resume:
-            assert self._listener is not None and self._sel is not None
-            self._accept_resume = None
-            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
 
     def _admit(self, sock: socket.socket) -> None:
-        assert self._sel is not None
         pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
         peer = Peer(pid, uid, gid)
         if not self._allowed(peer):
@@ -393,9 +289,7 @@ class HeartbeatServer:
             sock.close()
             return
         sock.setblocking(False)
-        conn = _Conn(sock, peer, self.is_agent(pid))
-        self._sel.register(sock, selectors.EVENT_READ, conn)
-        self._conns[sock.fileno()] = conn
+        self._watch(_Conn(sock, peer, self.is_agent(pid)))
         self.counters.accepted += 1
 
     def _allowed(self, peer: Peer) -> bool:
@@ -419,16 +313,7 @@ class HeartbeatServer:
         self.counters.evicted += 1
         return True
 
-    def _close(self, conn: _Conn) -> None:
-        self._conns.pop(conn.sock.fileno(), None)
-        if self._sel is not None:
-            try:
-                self._sel.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
-        conn.sock.close()
-
-    def _read_guarded(self, conn: _Conn) -> None:
+    def _ready(self, conn: _Conn, events: int) -> None:
         """Any failure while reading or parsing is the peer's line being invalid: count it, hang up."""
         try:
             self._read(conn)

@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 server for GET /metrics: one thread, one poll loop, every resource bounded.
+"""A minimal HTTP/1.1 server for GET /metrics: one `SocketLoop` thread, every resource bounded.
 
 Not `http.server`: its threading server starts a thread per connection without a limit, and a
 client that sends its request slowly holds that thread as long as it likes. Here a scrape only
@@ -11,21 +11,18 @@ copies a body that was rendered at report time, so one thread serves every clien
   REQUEST_TIMEOUT of the connection (slowloris); the response must be taken within
   RESPONSE_TIMEOUT (a client that stops reading is dropped);
 - one request per connection (`Connection: close`); request bodies are never read.
-Idle, the thread sleeps in poll() with no timeout: it costs no CPU between scrapes.
+Idle, the thread sleeps in its selector with no timeout: it costs no CPU between scrapes.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import select
 import socket
-import threading
 import time
 from collections.abc import Callable
 
 from daemon_app.prometheus.exposition import CONTENT_TYPE
-from daemon_app.wakeup import WakePipe
+from daemon_app.socketloop import ACCEPT_PAUSE, WRITE, SocketLoop
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +31,6 @@ MAX_REQUEST = 8192
 LISTEN_BACKLOG = 128  # the kernel's queue: a burst of connects waits there, not in SYN retries
 REQUEST_TIMEOUT = 5.0
 RESPONSE_TIMEOUT = 10.0
-_READ = select.POLLIN | select.POLLERR | select.POLLHUP
-_WRITE = select.POLLOUT | select.POLLERR | select.POLLHUP
 
 Body = Callable[[], bytes]
 
@@ -61,32 +56,32 @@ class Counters:
         self.bad_requests = 0
 
 
-class MetricsServer:
-    """Serves `body()` at GET /metrics on (host, port); `start()` binds, `stop()` closes."""
+class MetricsServer(SocketLoop[_Conn]):
+    """Serves `body()` at GET /metrics on (host, port); `start()` binds, `stop()` closes.
+
+    The thread, accept (paused when out of descriptors), stop and teardown are `SocketLoop`'s.
+    """
 
     def __init__(self, host: str, port: int, body: Body, *, max_connections: int = MAX_CONNECTIONS,
                  request_timeout: float = REQUEST_TIMEOUT,
                  response_timeout: float = RESPONSE_TIMEOUT) -> None:
+        super().__init__("prometheus", log, accept_batch=LISTEN_BACKLOG)
         self.host, self.port = host, port
         self._body = body
         self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.response_timeout = response_timeout
         self.counters = Counters()
-        self._sock: socket.socket | None = None
-        self._waker: WakePipe | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: dict[int, _Conn] = {}
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port): the real port when 0 asked the OS to choose."""
-        assert self._sock is not None
-        host, port = self._sock.getsockname()[:2]
+        assert self._listener is not None
+        host, port = self._listener.getsockname()[:2]
         return host, port
 
-    def start(self) -> None:
-        """Bind and serve; raises OSError when the address cannot be bound (in use, not local)."""
+    def _listen(self) -> socket.socket:
+        """Bind; raises OSError when the address cannot be bound (in use, not local)."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -94,91 +89,46 @@ class MetricsServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
             sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        self._sock = sock
-        self._waker = WakePipe()
-        self._thread = threading.Thread(target=self._serve, name="prometheus", daemon=True)
-        self._thread.start()
+        return sock
 
-    def stop(self) -> None:
-        if self._sock is None:
-            return
-        assert self._waker is not None and self._thread is not None
-        self._waker.wake()
-        self._thread.join(5)
-        for conn in self._conns.values():
-            conn.sock.close()
-        self._conns.clear()
-        self._sock.close()
-        self._waker.close()
-        self._sock = None
+    # --- the protocol ---------------------------------------------------------------------------
 
-    # --- the loop -------------------------------------------------------------------------------
+    def _deadline(self) -> float | None:
+        return min((c.deadline for c in self._conns.values()), default=None)
 
-    def _serve(self) -> None:
-        assert self._sock is not None and self._waker is not None
-        poller = select.poll()
-        listen_fd, wake_fd = self._sock.fileno(), self._waker.fileno()
-        poller.register(listen_fd, select.POLLIN)
-        poller.register(wake_fd, select.POLLIN)
-        while True:
-            timeout = None
-            if self._conns:
-                next_deadline = min(c.deadline for c in self._conns.values())
-                timeout = max(0, int((next_deadline - time.monotonic()) * 1000) + 1)
-            try:
-                events = poller.poll(timeout)
-            except InterruptedError:
-                continue
-            for fd, mask in events:
-                if fd == wake_fd:
-                    return
-                if fd == listen_fd:
-                    self._accept(poller)
-                elif fd in self._conns:
-                    self._on_event(poller, self._conns[fd], mask)
-            self._expire(poller)
+    def _accept_failed(self, exc: OSError) -> None:
+        log.warning("prometheus: accept failed: %s; pausing %gs", exc, ACCEPT_PAUSE)
 
-    def _accept(self, poller: select.poll) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                sock, _ = self._sock.accept()
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EINTR):
-                    log.warning("prometheus: accept failed: %s", exc)
-                return
-            if len(self._conns) >= self.max_connections:
-                self._evict_one(poller)
-            sock.setblocking(False)
-            conn = _Conn(sock, time.monotonic() + self.request_timeout)
-            self._conns[sock.fileno()] = conn
-            poller.register(sock, _READ)
+    def _admit(self, sock: socket.socket) -> None:
+        if len(self._conns) >= self.max_connections:
+            self._evict_one()
+        sock.setblocking(False)
+        self._watch(_Conn(sock, time.monotonic() + self.request_timeout))
 
-    def _evict_one(self, poller: select.poll) -> None:
+    def _evict_one(self) -> None:
         waiting = [c for c in self._conns.values() if not c.outbuf] or list(self._conns.values())
         self.counters.evicted += 1
-        self._close(poller, min(waiting, key=lambda c: c.opened))
+        self._close(min(waiting, key=lambda c: c.opened))
 
-    def _on_event(self, poller: select.poll, conn: _Conn, mask: int) -> None:
+    def _ready(self, conn: _Conn, events: int) -> None:
         try:
             if conn.outbuf:
-                self._write(poller, conn)
+                self._write(conn)
             else:
-                self._read(poller, conn)
+                self._read(conn)
         except OSError:
-            self._close(poller, conn)
+            self._close(conn)
 
-    def _read(self, poller: select.poll, conn: _Conn) -> None:
+    def _read(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(MAX_REQUEST + 1 - len(conn.inbuf))
         except BlockingIOError:
             return
         if not data:
-            self._close(poller, conn)
+            self._close(conn)
             return
         conn.inbuf += data
         end = conn.inbuf.find(b"\r\n\r\n")
@@ -187,9 +137,9 @@ class MetricsServer:
         if end < 0:
             if len(conn.inbuf) > MAX_REQUEST:
                 self.counters.bad_requests += 1
-                self._respond(poller, conn, 431, b"request header too large\n")
+                self._respond(conn, 431, b"request header too large\n")
             return
-        self._respond(poller, conn, *self._route(conn.inbuf[:end]))
+        self._respond(conn, *self._route(conn.inbuf[:end]))
 
     def _route(self, head: bytes) -> tuple[int, bytes, bool]:
         """(status, body, head_only) for one request head."""
@@ -209,8 +159,7 @@ class MetricsServer:
             return 200, b"daemon.pyz: the metrics are at /metrics\n", head_only
         return 404, b"not found; the metrics are at /metrics\n", head_only
 
-    def _respond(self, poller: select.poll, conn: _Conn, status: int, body: bytes,
-                 head_only: bool = False) -> None:
+    def _respond(self, conn: _Conn, status: int, body: bytes, head_only: bool = False) -> None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   431: "Request Header Fields Too Large"}[status]
         plain = "text/plain; charset=utf-8"
@@ -222,27 +171,19 @@ class MetricsServer:
         conn.outbuf = memoryview(head.encode() + b"\r\n" + (b"" if head_only else body))
         conn.inbuf = b""
         conn.deadline = time.monotonic() + self.response_timeout
-        poller.modify(conn.sock, _WRITE)
-        self._write(poller, conn)
+        self._modify(conn, WRITE)
+        self._write(conn)
 
-    def _write(self, poller: select.poll, conn: _Conn) -> None:
+    def _write(self, conn: _Conn) -> None:
         try:
             sent = conn.sock.send(conn.outbuf)
         except BlockingIOError:
             return
         conn.outbuf = conn.outbuf[sent:]
         if not conn.outbuf:
-            self._close(poller, conn)
+            self._close(conn)
 
-    def _expire(self, poller: select.poll) -> None:
-        now = time.monotonic()
+    def _expire(self, now: float) -> None:
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
             self.counters.timeouts += 1
-            self._close(poller, conn)
-
-    def _close(self, poller: select.poll, conn: _Conn) -> None:
-        fd = conn.sock.fileno()
-        if self._conns.pop(fd, None) is None:
-            return
-        poller.unregister(fd)
-        conn.sock.close()
+            self._close(conn)
