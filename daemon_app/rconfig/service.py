@@ -97,7 +97,7 @@ class RemoteConfigService:
         cid = str(entry.get("command_id") or "")
         log.warning("D6001 agent config %s was interrupted (phase %s); settling it", cid, entry.get("phase"),
                     extra={"code": "D6001"})
-        self._busy = cid or "recovery"
+        self._busy = f"recovery of the interrupted push {cid or '(no id)'}"
         threading.Thread(target=self._run, args=(cid, b"", lambda: self._recover(store, entry)),
                          name="remote-config", daemon=True).start()
 
@@ -126,6 +126,27 @@ class RemoteConfigService:
     def status(self) -> dict[str, Any]:
         return dict(self._last or {})
 
+    def in_progress(self) -> str:
+        """ConfigPushes (daemon_app.host): the push in flight ("agent config push c-21"), or ""."""
+        return self._busy
+
+    def _claim(self, what: str) -> str:
+        """Take the one push slot for `what`: "" when taken, else why not. An update stops and starts
+        the Agent (or the daemon) too, so none may run meanwhile. The slot is claimed before looking
+        at updates, as the update service claims before looking at pushes: of a push and an update
+        arriving together at least one sees the other, so both never run."""
+        with self._lock:
+            if self._busy:
+                return f"another push is in progress ({self._busy})"
+            self._busy = what
+        updates = self._updates()
+        job = updates.in_progress() if updates is not None else ""
+        if job:
+            with self._lock:
+                self._busy = ""
+            return f"an update is in progress ({job})"
+        return ""
+
     # --- the command ------------------------------------------------------------------------------
 
     def handle_command(self, command: dict[str, Any]) -> None:
@@ -141,18 +162,11 @@ class RemoteConfigService:
             self._answer(cid, "rejected", f"D6001 agent config {cid}: {len(content)} bytes is larger than "
                          f"remote_config.max_agent_config_bytes ({cap}); nothing changed", "", "")
             return
-        updates = self._updates()
-        job = updates.in_progress() if updates is not None else ""
-        if job:  # both would stop and start the Agent: one at a time
-            self._answer(cid, "failed", f"D6001 agent config {cid}: an update is in progress ({job}); "
-                         "nothing changed", "", digest(bytes(content)))
+        refused = self._claim(f"agent config push {cid}")
+        if refused:
+            self._answer(cid, "failed", f"D6001 agent config {cid}: {refused}; nothing changed", "",
+                         digest(bytes(content)))
             return
-        with self._lock:
-            if self._busy:
-                self._answer(cid, "failed", f"D6001 agent config {cid}: another push is in progress "
-                             f"({self._busy}); nothing changed", "", digest(bytes(content)))
-                return
-            self._busy = cid
         data = bytes(content)
         threading.Thread(target=self._run, args=(cid, data, lambda: self._push(cid, data)),
                          name="remote-config", daemon=True).start()
@@ -181,12 +195,11 @@ class RemoteConfigService:
             return reject(f"not settable remotely: {', '.join(refused)} (remote_config.allowed_keys; code, "
                           "files and trust never are)")
         parsed = {k: remote_settings.parse_value(v) for k, v in values.items()}
-        with self._lock:
-            if self._busy:
-                self._answer(cid, "failed", f"D6001 daemon settings {cid}: a push is in progress "
-                             f"({self._busy}); nothing changed", "", "", component=SETTINGS)
-                return
-            self._busy = cid
+        refused = self._claim(f"daemon settings push {cid}")
+        if refused:
+            self._answer(cid, "failed", f"D6001 daemon settings {cid}: {refused}; nothing changed", "", "",
+                         component=SETTINGS)
+            return
         threading.Thread(target=self._run, args=(cid, b"", lambda: self._apply_settings(cid, parsed),
                                                  SETTINGS), name="remote-config", daemon=True).start()
 
