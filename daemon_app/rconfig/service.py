@@ -7,7 +7,8 @@ The verify rule (docs/contract.md): within `remote_config.verify_timeout` after 
 restarted with the new file, the Agent process running at the end must have sent a heartbeat, and at
 most ONE Agent process may have ended meanwhile (a crash, or a restart by a failed health check):
 one blip is tolerated so that a transient does not roll a good config back; a second one fails the
-config at once.
+config at once. After a SIGHUP (agent.config_reload: sighup) the signalled process's first heartbeat
+does not count, since it may predate the re-read: it must send a second one.
 
 A journal (store.py) makes a push survive a kill -9 of the daemon: at the next start a push that
 had not swapped the file is answered `failed` (nothing changed); one that had is settled by
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "agent_config"
 SETTINGS = "daemon_settings"
 POLL = 0.1
+SIGHUP_HEARTBEATS = 2  # after a SIGHUP the first heartbeat may predate the re-read: the second counts
 
 
 @dataclass(frozen=True)
@@ -376,11 +378,15 @@ class RemoteConfigService:
         if sup is None:
             return Verdict(False, "lost its supervisor (agent.enabled turned off)")
         timeout = self.host.cfg.remote_config.verify_timeout
-        baseline = sup.snapshot().heartbeats_received
         # sighup: the running Agent re-reads its file; one that is not running is started instead.
-        if self.host.cfg.agent.config_reload != "sighup" or not sup.signal_agent(signal.SIGHUP):
+        signalled = self.host.cfg.agent.config_reload == "sighup" and sup.signal_agent(signal.SIGHUP)
+        if signalled:
+            # Counted from after the signal, and the first heartbeat after it does not count: the
+            # Agent may have made it before it re-read its file (the SIGHUP rule, docs/contract.md).
+            baseline, needed = sup.snapshot().heartbeats_received, SIGHUP_HEARTBEATS
+        else:
             sup.stop_agent()
-            baseline = sup.snapshot().heartbeats_received
+            baseline, needed = sup.snapshot().heartbeats_received, 1
             try:
                 sup.start_agent()
             except DaemonError as exc:
@@ -399,15 +405,17 @@ class RemoteConfigService:
                 if st.state == AgentState.FATAL:
                     return Verdict(False, _describe(ends) + " and gave up (FATAL)")
                 if st.state.live and st.pid:
-                    watched, baseline = st.pid, st.heartbeats_received
+                    # A new process read the file at its start: its first heartbeat counts.
+                    watched, baseline, needed = st.pid, st.heartbeats_received, 1
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             sup.wait_for_heartbeat(None, min(left, POLL))
         st = sup.snapshot()
-        if watched and st.pid == watched and st.heartbeats_received > baseline:
+        if watched and st.pid == watched and st.heartbeats_received >= baseline + needed:
             return Verdict(True, "")
-        why = f"sent no heartbeat within {timeout:g}s"
+        why = f"sent no heartbeat within {timeout:g}s" if needed == 1 else \
+            f"sent no heartbeat within {timeout:g}s of re-reading its file on SIGHUP"
         return Verdict(False, f"{_describe(ends)} and {why}" if ends else "made the Agent " + why)
 
     # --- answers ------------------------------------------------------------------------------------

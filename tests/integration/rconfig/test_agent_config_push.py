@@ -362,3 +362,23 @@ def test_an_update_or_rollback_while_a_push_is_verifying_is_refused_naming_the_p
     ended = wait_until(lambda: node.terminal(cid), timeout=60, what="the push's end")[0]
     assert ended.state == "completed", f"the push in flight was disturbed: {ended.message}"
     assert node.config_file.read_bytes() == b"level: info\n"
+
+
+@pytest.mark.timeout(120)
+def test_with_sighup_a_heartbeat_racing_the_signal_does_not_commit_a_config_that_silences_the_agent(
+        start_node):
+    # heartbeat_timeout beyond the verify window (as with the defaults, 90 s and 60 s): the health
+    # check cannot catch the silent Agent in time, only the verify rule can.
+    n = start_node(agent={"config_reload": "sighup", "health_check": {"heartbeat_timeout": "60s"}})
+    racing = b"heartbeat-before-reread: true\n"
+    assert n.push(racing).state == "completed"
+    pid = n.agent_pid()
+    status = n.push(racing + SILENT)  # on SIGHUP: one heartbeat under the old config, then silence
+    assert status.state == "rolled_back", status.message
+    assert "heartbeat" in status.message and status.message.endswith("healthy")
+    assert status.result.old_version == sha(racing) and status.result.new_version == sha(racing + SILENT)
+    assert n.config_file.read_bytes() == racing
+    assert n.agent_pid() == pid, "the Agent was restarted: the race was not exercised in SIGHUP mode"
+    stderr = (n.work / "agent" / "stderr.log").read_text()
+    assert stderr.count("SIGHUP: re-read") >= 3, "the Agent did not re-read the push and the rollback"
+    n.wait_healthy()
