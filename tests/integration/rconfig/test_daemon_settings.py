@@ -212,3 +212,21 @@ def test_kill_9_of_the_daemon_while_it_verifies_settings_restores_the_previous_o
     assert not (n.work / "remote_config" / "journal.json").exists()
     assert len(n.terminal(cid)) == 1
     assert "report_interval: 2s" in n.shown()
+
+
+@pytest.mark.timeout(120)
+def test_a_rollback_asked_while_settings_are_verified_is_refused_naming_the_settings_push(start_node):
+    from daemon_app import control
+    from daemon_app.errors import ControlError
+
+    n = start_node(remote_config={"verify_timeout": "15s"})  # long enough to be sure it is held
+    cid = n.send(daemon__report_interval="2s")
+    wait_until(lambda: any(s.command_id == cid and s.state == "installing" for s in n.manager.statuses),
+               timeout=30, what="the settings being applied and verified")
+    with pytest.raises(ControlError) as info:
+        control.request(str(n.work / "control.sock"), "rollback", {"component": "agent"})
+    assert str(info.value).startswith("D4003 a remote config push is in progress (daemon settings push "
+                                      f"{cid}); nothing changed"), str(info.value)
+    assert not n.terminal(cid), "the push ended before the refusal: the window was not held"
+    status = wait_until(lambda: n.terminal(cid), timeout=60, what="the settings' end")[0]
+    assert status.state == "completed", status.message
