@@ -414,7 +414,8 @@ SCHEMA: dict[str, Any] = {
         "check_timeout": Field("30s", "duration", minimum=0.1,
                                help="agent.config_check is killed after this"),
         "verify_timeout": Field("60s", "duration", minimum=0.1,
-                                help="the Agent must stay healthy this long after a push, else rolled back"),
+                                help="the Agent (for settings: the daemon) must stay healthy this long after "
+                                     "a push, else rolled back"),
         "allowed_keys": Field(["collectors.*.enabled", "collectors.*.interval", "collectors.*.timeout",
                                "daemon.report_interval", "daemon.log_level", "daemon.labels",
                                "agent.health_check.*"], "list[str]",

@@ -2,6 +2,8 @@
 that config loading lays over the config file while remote config is on.
 
 <work_dir>/remote_config/settings.json   {"values": {"daemon.report_interval": "30s", ...}}
+<work_dir>/remote_config/settings.last_known_good.json   the values before the push in flight, so
+                                         that a daemon killed while verifying it can restore them
 
 Keys are dotted config paths. A key is settable when it matches `remote_config.allowed_keys`
 (fnmatch patterns) and none of NEVER: nothing that runs code, moves files or changes trust can be
@@ -22,6 +24,7 @@ from daemon_app import fsutil
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = os.path.join("remote_config", "settings.json")
+LAST_KNOWN_GOOD_FILE = os.path.join("remote_config", "settings.last_known_good.json")
 MAX_KEYS = 64
 MAX_KEY = 128
 MAX_VALUE = 1024
@@ -70,13 +73,29 @@ def path(work_dir: str) -> str:
 def read(work_dir: str) -> dict[str, Any]:
     """The overlay's values; {} when there is none. A file that is not ours or not valid is logged
     (D6001) and ignored: the config file alone then applies."""
+    return _read_values(path(work_dir)) or {}
+
+
+def _read_values(file: str) -> dict[str, Any] | None:
+    """{"values": {...}} from `file`; None when it is missing, not ours or not valid (logged)."""
     try:
-        data = fsutil.read_json(path(work_dir), limit=MAX_FILE)
-    except (OSError, ValueError) as exc:
-        log.error("D6001 remote settings %s ignored: %s", path(work_dir), exc, extra={"code": "D6001"})
-        return {}
+        data = fsutil.read_json(file, limit=MAX_FILE)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        log.error("D6001 remote settings %s ignored: %s", file, exc, extra={"code": "D6001"})
+        return None
     values = data.get("values") if isinstance(data, dict) else None
-    return dict(values) if isinstance(values, dict) else {}
+    return dict(values) if isinstance(values, dict) else None
+
+
+def keep_last_known_good(work_dir: str, values: dict[str, Any]) -> None:
+    """Before settings are swapped: the values in effect ({} too), durable, 0600."""
+    fsutil.private_dir(os.path.dirname(path(work_dir)))
+    fsutil.write_json(os.path.join(work_dir, LAST_KNOWN_GOOD_FILE), {"values": values})
+
+
+def last_known_good(work_dir: str) -> dict[str, Any] | None:
+    """What keep_last_known_good kept; None when nothing (valid) was kept."""
+    return _read_values(os.path.join(work_dir, LAST_KNOWN_GOOD_FILE))
 
 
 def write(work_dir: str, values: dict[str, Any]) -> None:

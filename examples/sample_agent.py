@@ -11,7 +11,10 @@ Python standard library only. The fault flags make it misbehave on purpose, for 
                          exit-at-start: CODE, no-heartbeat: true, crash-after: N override the flags,
                          so a pushed config can make it crash or go silent (remote config tests);
                          crash-once: PATH exits with code 5 at start unless PATH exists (creating it);
-                         SIGHUP re-reads FILE (exit-at-start then exits at once with CODE)
+                         SIGHUP re-reads FILE (exit-at-start then exits at once with CODE; a key
+                         the file no longer has goes back to its flag's value);
+                         heartbeat-before-reread: true sends one heartbeat on SIGHUP before
+                         re-reading, as an Agent whose heartbeat races the signal would
 SIGTERM exits cleanly (code 0). When the socket goes away it reconnects.
 """
 
@@ -47,13 +50,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exit-at-start", type=int, default=None, metavar="CODE", help="exit at once with CODE")
     p.add_argument("--config", default="", metavar="FILE", help="settings file read at start")
     args = p.parse_args(argv)
+    args.heartbeat_before_reread = False
+    args.flags = {key: getattr(args, key) for key in CONFIG_KEYS.values()}
     if args.config:
         apply_config(args, args.config)
     return args
 
 
+CONFIG_KEYS = {"exit-at-start": "exit_at_start", "no-heartbeat": "no_heartbeat", "crash-after": "crash_after",
+               "heartbeat-before-reread": "heartbeat_before_reread"}
+
+
 def apply_config(args: argparse.Namespace, path: str) -> None:
-    """The fault settings a config file may carry; anything else in it is ignored."""
+    """The fault settings a config file may carry, over the flags; anything else in it is ignored."""
+    for attr, value in args.flags.items():
+        setattr(args, attr, value)
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.read(65536).splitlines()
@@ -68,6 +79,8 @@ def apply_config(args: argparse.Namespace, path: str) -> None:
             args.no_heartbeat = value.lower() == "true"
         elif key == "crash-after":
             args.crash_after = float(value)
+        elif key == "heartbeat-before-reread":
+            args.heartbeat_before_reread = value.lower() == "true"
         elif key == "crash-once" and value and not os.path.exists(value):
             open(value, "w").close()
             args.exit_at_start = 5
@@ -155,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         if reread.is_set():
             reread.clear()
             stop.clear()
+            if args.heartbeat_before_reread and not args.no_heartbeat:
+                hb.send()  # made under the old config, after the signal
             apply_config(args, args.config)
             log(f"SIGHUP: re-read {args.config}")
             if args.exit_at_start is not None:

@@ -260,6 +260,14 @@ class UpdateService:
             job = Job(request_id, kind, component, from_manager)
             job.token = self.host.begin_work(f"update: {kind} {component} {request_id}")
             self._job = job
+            # Claimed before looking at config pushes, as a push claims before looking at updates:
+            # of two arriving together at least one sees the other, so both never run.
+            pushes = self._config_pushes() if kind in ("update", "rollback") else None
+            push = pushes.in_progress() if pushes is not None else ""
+            if push:
+                self._job = None
+                self.host.end_work(job.token)
+                raise UpdateInProgressError(f"a remote config push is in progress ({push}); nothing changed")
             self._jobs[job.id] = job
             for old in list(self._jobs)[:-KEEP_JOBS]:
                 del self._jobs[old]

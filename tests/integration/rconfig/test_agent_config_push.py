@@ -334,3 +334,51 @@ def test_with_config_reload_sighup_the_running_agent_rereads_and_a_crashing_conf
     assert "exit with code 2 twice" in bad.message and bad.message.endswith("healthy")
     assert n.config_file.read_bytes() == GOOD
     n.wait_healthy()
+
+
+@pytest.mark.timeout(120)
+def test_an_update_or_rollback_while_a_push_is_verifying_is_refused_naming_the_push(start_node):
+    from daemon_app import control
+    from daemon_app.errors import ControlError
+
+    node = start_node(remote_config={"verify_timeout": "20s"})  # long enough to be sure it is held
+    cid = "cfg-held"
+    node.manager.push(pb.Command(id=cid, agent_config=pb.AgentConfigCommand(content=b"level: info\n")))
+    wait_until(lambda: any(s.command_id == cid and s.state == "installing" for s in node.manager.statuses),
+               timeout=30, what="the push installing (then verifying for verify_timeout)")
+    # An update from the Manager: refused before anything is downloaded (its URL is never tried).
+    node.manager.push(pb.Command(id="upd-during-push", update=pb.UpdateCommand(
+        component="agent", url="https://127.0.0.1:9/agent", manifest=b"{}", manifest_sig=b"AA==")))
+    refused = wait_until(lambda: node.terminal("upd-during-push"), timeout=30, what="the update refused")[0]
+    assert refused.state == "failed", refused.message
+    assert refused.message.startswith(
+        "D4003 a remote config push is in progress (agent config push cfg-held)"), refused.message
+    assert "nothing changed" in refused.message and refused.result.error == refused.message
+    # A rollback from the control socket (what `daemon rollback` sends): refused the same way.
+    with pytest.raises(ControlError) as info:
+        control.request(str(node.work / "control.sock"), "rollback", {"component": "agent"})
+    assert "D4003" in str(info.value) and "agent config push cfg-held" in str(info.value)
+    assert not node.terminal(cid), "the push ended before the refusals: the window was not held"
+    ended = wait_until(lambda: node.terminal(cid), timeout=60, what="the push's end")[0]
+    assert ended.state == "completed", f"the push in flight was disturbed: {ended.message}"
+    assert node.config_file.read_bytes() == b"level: info\n"
+
+
+@pytest.mark.timeout(120)
+def test_with_sighup_a_heartbeat_racing_the_signal_does_not_commit_a_config_that_silences_the_agent(
+        start_node):
+    # heartbeat_timeout beyond the verify window (as with the defaults, 90 s and 60 s): the health
+    # check cannot catch the silent Agent in time, only the verify rule can.
+    n = start_node(agent={"config_reload": "sighup", "health_check": {"heartbeat_timeout": "60s"}})
+    racing = b"heartbeat-before-reread: true\n"
+    assert n.push(racing).state == "completed"
+    pid = n.agent_pid()
+    status = n.push(racing + SILENT)  # on SIGHUP: one heartbeat under the old config, then silence
+    assert status.state == "rolled_back", status.message
+    assert "heartbeat" in status.message and status.message.endswith("healthy")
+    assert status.result.old_version == sha(racing) and status.result.new_version == sha(racing + SILENT)
+    assert n.config_file.read_bytes() == racing
+    assert n.agent_pid() == pid, "the Agent was restarted: the race was not exercised in SIGHUP mode"
+    stderr = (n.work / "agent" / "stderr.log").read_text()
+    assert stderr.count("SIGHUP: re-read") >= 3, "the Agent did not re-read the push and the rollback"
+    n.wait_healthy()

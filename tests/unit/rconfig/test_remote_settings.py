@@ -87,3 +87,40 @@ def test_an_overlay_that_is_a_symlink_is_ignored_with_d6001(tmp_path, caplog):
 
 def stat_mode(path: str) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def test_the_last_known_good_settings_are_kept_0600_and_read_back_even_when_empty(tmp_path):
+    work = str(tmp_path)
+    assert remote_settings.last_known_good(work) is None
+    remote_settings.keep_last_known_good(work, {})
+    assert remote_settings.last_known_good(work) == {}
+    remote_settings.keep_last_known_good(work, {"daemon.report_interval": "30s"})
+    assert remote_settings.last_known_good(work) == {"daemon.report_interval": "30s"}
+    kept = os.path.join(work, remote_settings.LAST_KNOWN_GOOD_FILE)
+    assert os.stat(kept).st_mode & 0o777 == 0o600
+
+
+def test_a_symlink_planted_at_the_last_known_good_is_not_followed(tmp_path):
+    work = tmp_path / "work"
+    remote_settings.keep_last_known_good(str(work), {"daemon.log_level": "info"})
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"values": {"daemon.log_level": "debug"}}')
+    kept = work / remote_settings.LAST_KNOWN_GOOD_FILE
+    kept.unlink()
+    kept.symlink_to(victim)
+    assert remote_settings.last_known_good(str(work)) is None  # refused (logged D6001), not read
+    remote_settings.keep_last_known_good(str(work), {"daemon.log_level": "warning"})
+    assert victim.read_text() == '{"values": {"daemon.log_level": "debug"}}'
+    assert not kept.is_symlink()
+    assert remote_settings.last_known_good(str(work)) == {"daemon.log_level": "warning"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2048) | st.integers(1, 200_000).map(lambda n: b'{"values":' + b"[" * n))
+def test_a_last_known_good_file_of_any_content_reads_as_values_or_none_never_an_exception(tmp_path_factory,
+                                                                                           raw):
+    work = tmp_path_factory.mktemp("lkg")
+    remote_settings.keep_last_known_good(str(work), {})
+    (work / remote_settings.LAST_KNOWN_GOOD_FILE).write_bytes(raw)
+    got = remote_settings.last_known_good(str(work))
+    assert got is None or isinstance(got, dict)
