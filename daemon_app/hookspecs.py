@@ -80,7 +80,10 @@ def pre_update(request: dict[str, Any]) -> str | None:
 @hookspec
 def pre_config(request: dict[str, Any]) -> str | None:
     """Called before a pushed Agent config is checked or installed, with command_id, kind
-    ("agent_config"), old and new ("sha256:<hex>"; old is "" when there is no file) and size.
+    ("agent_config"), old and new ("sha256:<hex>"; old is "" when there is no file) and size; and
+    before pushed daemon settings are applied (after the schema accepted them), with command_id,
+    kind ("daemon_settings"), old and new (hashes of the whole remote settings) and values (the
+    pushed keys, dotted, with their parsed values).
 
     Return a reason string to veto the push (it is answered `rejected`, D6001, naming every veto;
     nothing changes), or None. Every implementation is called, even after a veto; one that raises
@@ -90,8 +93,9 @@ def pre_config(request: dict[str, Any]) -> str | None:
 
 @hookspec
 def post_config(result: dict[str, Any]) -> None:
-    """Called once a pushed Agent config has its terminal answer, with command_id, kind, state
-    (completed, rolled_back, failed, rejected), message, old_version, new_version, rolled_back.
+    """Called once a pushed Agent config or daemon settings push has its terminal answer, with
+    command_id, kind, state (completed, rolled_back, failed, rejected), message, old_version,
+    new_version, rolled_back.
     Side effects only.
     """
 

@@ -218,6 +218,11 @@ class RemoteConfigService:
         except ConfigValidateError as exc:
             return self._answer(cid, "rejected", f"D1002 daemon settings {cid} rejected, nothing changed: "
                                 + "; ".join(exc.problems), old_h, new_h, component=SETTINGS)
+        vetoes = host.plugins.vetoes("pre_config", request={
+            "command_id": cid, "kind": SETTINGS, "old": old_h, "new": new_h, "values": dict(values)})
+        if vetoes:
+            return self._answer(cid, "rejected", f"D6001 daemon settings {short(new_h)} vetoed "
+                                f"{'; '.join(vetoes)}; nothing changed", old_h, new_h, component=SETTINGS)
         expect = self._watch.expectations()
         remote_settings.keep_last_known_good(work_dir, current)
         # A crash from here on: the next start restores the last-known-good (see _recover).

@@ -231,3 +231,37 @@ def test_a_rollback_asked_while_settings_are_verified_is_refused_naming_the_sett
     assert not n.terminal(cid), "the push ended before the refusal: the window was not held"
     status = wait_until(lambda: n.terminal(cid), timeout=60, what="the settings' end")[0]
     assert status.state == "completed", status.message
+
+
+SETTINGS_FREEZE = """\
+import json
+from daemon_app.hookspecs import hookimpl
+
+@hookimpl
+def pre_config(request):
+    if request["kind"] == "daemon_settings" and "daemon.log_level" in request["values"]:
+        return "log level is frozen"
+    return None
+
+@hookimpl
+def post_config(result):
+    with open(__file__ + ".results", "a") as fh:
+        fh.write(json.dumps(result) + "\\n")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_pre_config_plugin_vetoes_daemon_settings_and_post_config_sees_the_answer(start_node):
+    n = start_node()
+    (n.work / "plugins").mkdir(exist_ok=True)
+    (n.work / "plugins" / "freeze.py").write_text(SETTINGS_FREEZE)
+    n.daemon.kill()
+    n.daemon = DaemonProcess(n.daemon.config_path)
+    wait_until(lambda: n.manager.streams_opened >= 2, timeout=30, what="the new daemon's stream")
+    vetoed = n.set(daemon__log_level="warning")
+    assert vetoed.state == "rejected" and "vetoed by plugin 'freeze': log level is frozen" in vetoed.message
+    assert not n.overlay.exists() and "log_level: warning" not in n.shown()
+    results = n.work / "plugins" / "freeze.py.results"
+    seen = wait_until(lambda: results.exists() and results.read_text().splitlines(), timeout=10,
+                      what="the post_config call")
+    assert [(r["kind"], r["state"]) for r in map(json.loads, seen)] == [("daemon_settings", "rejected")]
