@@ -257,11 +257,15 @@ def test_a_pre_config_plugin_vetoes_daemon_settings_and_post_config_sees_the_ans
     (n.work / "plugins" / "freeze.py").write_text(SETTINGS_FREEZE)
     n.daemon.kill()
     n.daemon = DaemonProcess(n.daemon.config_path)
-    wait_until(lambda: n.manager.streams_opened >= 2, timeout=30, what="the new daemon's stream")
-    vetoed = n.set(daemon__log_level="warning")
-    assert vetoed.state == "rejected" and "vetoed by plugin 'freeze': log level is frozen" in vetoed.message
-    assert not n.overlay.exists() and "log_level: warning" not in n.shown()
-    results = n.work / "plugins" / "freeze.py.results"
-    seen = wait_until(lambda: results.exists() and results.read_text().splitlines(), timeout=10,
-                      what="the post_config call")
-    assert [(r["kind"], r["state"]) for r in map(json.loads, seen)] == [("daemon_settings", "rejected")]
+    try:
+        wait_until(lambda: n.manager.streams_opened >= 2, timeout=30, what="the new daemon's stream")
+        vetoed = n.set(daemon__log_level="warning")
+        assert vetoed.state == "rejected"
+        assert "vetoed by plugin 'freeze': log level is frozen" in vetoed.message
+        assert not n.overlay.exists() and "log_level: warning" not in n.shown()
+        results = n.work / "plugins" / "freeze.py.results"
+        seen = wait_until(lambda: results.exists() and results.read_text().splitlines(), timeout=10,
+                          what="the post_config call")
+        assert [(r["kind"], r["state"]) for r in map(json.loads, seen)] == [("daemon_settings", "rejected")]
+    finally:
+        n.daemon.kill()  # the fixture stops the daemon it started, not this one
