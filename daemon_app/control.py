@@ -62,6 +62,9 @@ class ControlServer(SocketLoop[Connection]):
         self.path = path
         self._engine_call = engine_call
         self.commands: dict[str, Command] = {}
+        # True while the daemon's services are still starting: they register their commands as
+        # they start, so a command not known yet may be known in a moment (said so, not "unknown").
+        self.starting = False
         # Connections handed to their threads, at most MAX_CLIENTS: the loop adds, each thread
         # removes its own, stop() shuts down and joins what is left.
         self._clients: dict[socket.socket, threading.Thread] = {}
@@ -219,6 +222,9 @@ class ControlServer(SocketLoop[Connection]):
         if not isinstance(args, dict):
             return _error(ControlError("args must be an object"))
         command = self.commands.get(request["cmd"])
+        if command is None and self.starting:
+            return _error(ControlError(f"{request['cmd'][:60]!r}: the daemon is still starting (its services "
+                                       "add their commands as they start); try again in a moment"))
         if command is None:
             known = ", ".join(sorted(self.commands))
             return _error(ControlError(f"unknown command {request['cmd']!r}; this daemon knows: {known}"))

@@ -110,6 +110,7 @@ class Engine:
         # Extra top-level sections of `daemon status` (e.g. "update"), each a callable -> dict | None.
         self.status_providers: dict[str, StatusProvider] = {}
         self.control = ControlServer(cfg.daemon.control_socket, self.call)
+        self.control.starting = True  # until every service registered its commands (end of start)
         self.control.register("status", lambda args: self.status(), on_engine_thread=False)
         self.control.register("reload", lambda args: self.reload("control socket"), timeout=120.0)
         self._mailbox = Mailbox(lambda: EngineStopping("the daemon is stopping; request refused"))
@@ -151,6 +152,7 @@ class Engine:
             self._abort_start()
             raise
         self.state = "running"
+        self.control.starting = False
 
     def _build_services(self, cfg: Config) -> list[Service]:
         """In start order: Agent first (it must not wait on the network), then the Manager link, then

@@ -139,3 +139,15 @@ def test_peers_of_another_uid_are_refused(server):
         answer = json.loads(fh.read())
     os.waitpid(pid, 0)
     assert answer["ok"] is False and "permission denied for uid 65534" in answer["error"]
+
+
+def test_a_command_asked_while_the_daemon_starts_says_so_instead_of_unknown(server):
+    # Services register their commands (update, rollback, ...) as they start: until the engine has
+    # started them all, a command not registered yet is "still starting", not "unknown".
+    server.starting = True
+    with pytest.raises(ControlError, match=r"^D\d{4} 'update': the daemon is still starting .* try again"):
+        control.request(server.path, "update", {"component": "agent"})
+    assert control.request(server.path, "echo", {"a": 1}) == {"echo": {"a": 1}}
+    server.starting = False
+    with pytest.raises(ControlError, match="unknown command 'update'; this daemon knows: boom, echo, verify"):
+        control.request(server.path, "update", {"component": "agent"})
