@@ -231,7 +231,7 @@ class Trial:
             try:
                 job = control.request(self.sock, "update", args)["id"]
             except ControlError as exc:
-                if "unknown command" not in str(exc):
+                if "still starting" not in str(exc):  # the update service is not registered yet
                     raise
                 return False
             return self._under_way(job)

@@ -157,7 +157,7 @@ def test_hundreds_of_connections_cost_no_thread_and_stay_bounded(server):
             socks.append(connect(srv))
         wait_until(lambda: srv.counters.evicted >= 300 - 16, timeout=10, what="old connections evicted")
         assert len(srv._conns) <= 16
-        assert threading.active_count() == threads
+        assert threading.active_count() <= threads  # none added (threads of earlier tests may end meanwhile)
         assert scrape(srv)[2] == BODY
     finally:
         for sock in socks:
