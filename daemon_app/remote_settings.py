@@ -17,6 +17,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 from typing import Any
 
 from daemon_app import fsutil
@@ -35,6 +36,16 @@ NEVER = ["manager.*", "update.*", "plugins.*", "remote_config.*", "prometheus.*"
          "daemon.id", "daemon.control_socket", "agent.binary_path", "agent.args", "agent.config_check",
          "agent.work_dir", "agent.socket_*", "agent.enabled", "*_file", "*_path", "*_dir", "*.tls.*",
          "*.path", "*.file", "*.dir"]
+
+
+# A config key: dotted names of letters, digits, `_` and `-`. Checked before the allow-list, whose
+# fnmatch patterns would otherwise match a key that is itself a pattern (`collectors.*.enabled`) and
+# keep it as a collector literally named `*`, or an empty name (`collectors..enabled`).
+_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", re.ASCII)
+
+
+def is_config_key(key: str) -> bool:
+    return _KEY.fullmatch(key) is not None
 
 
 def settable(key: str, allowed: list[str]) -> bool:

@@ -179,6 +179,10 @@ class RemoteConfigService:
                     or len(value) > remote_settings.MAX_VALUE:
                 return reject(f"setting {str(key)[:60]!r}: keys of at most {remote_settings.MAX_KEY} and "
                               f"values of at most {remote_settings.MAX_VALUE} characters")
+        odd = sorted(k for k in values if not remote_settings.is_config_key(k))
+        if odd:
+            return reject(f"not a config key: {', '.join(repr(k) for k in odd)} (dotted names of letters, "
+                          "digits, _ and -; no wildcards, spaces or empty parts)")
         allowed = list(self.host.cfg.remote_config.allowed_keys)
         refused = sorted(k for k in values if not remote_settings.settable(k, allowed))
         if refused:
