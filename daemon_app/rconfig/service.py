@@ -276,7 +276,8 @@ class RemoteConfigService:
         except Exception as exc:  # every push owes the Manager one answer
             code = exc.code if isinstance(exc, DaemonError) else "D6001"
             log.exception("%s %s failed", what, cid)
-            text = str(exc) if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
+            # exc.message: the code leads the answer once ("D1001 daemon settings c: config: …").
+            text = exc.message if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
             undo = self._undo_after_error()
             self._answer(cid, "failed", f"{code} {what} {cid}: {text}{undo}", "",
                          digest(content) if content else "", component=kind)

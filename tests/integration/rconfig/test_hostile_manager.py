@@ -86,3 +86,23 @@ def test_nan_or_infinity_is_not_taken_as_a_number(node, text):
     assert status.state == "rejected", status.message
     assert status.message.startswith("D1002") and "agent.health_check.cpu_threshold" in status.message
     assert node.values() == before
+
+
+@pytest.mark.timeout(120)
+def test_settings_pushed_while_the_config_file_on_disk_is_broken_fail_with_one_d_code_nothing_changed(node):
+    """The operator broke daemon.yaml (not reloaded yet) when the Manager pushes: the answer names
+    the file's problem once (it read "D1001 daemon settings c: D1001 config: …")."""
+    config = Path(node.daemon.config_path)
+    good = config.read_text()
+    before = node.values()
+    try:
+        config.write_text("daemon: [unclosed\n")
+        status = node.set({"daemon.log_level": "warning"})
+    finally:
+        config.write_text(good)
+    assert status.state == "failed", status.message
+    assert status.message.startswith(f"D1001 daemon settings {status.command_id}: config: "), status.message
+    assert status.message.count("D1001") == 1 and "not valid YAML" in status.message
+    assert node.values() == before
+    assert node.set({"daemon.log_level": "warning"}).state == "completed"  # the file fixed, it goes on
+    assert node.set({"daemon.log_level": "info"}).state == "completed"
