@@ -16,6 +16,7 @@ from daemon_app.proto import daemon_pb2 as pb
 from tests.contract.conftest import pki_dir  # noqa: F401 - the certificates, made once per module
 from tests.contract.independent_manager import IndependentManager
 from tests.helpers import DaemonProcess, deep_merge, short_tmpdir, wait_until, write_config
+from tests.integration.manager.conftest import log_records
 from tests.integration.rconfig.conftest import node_config
 
 TERMINAL = ("completed", "rolled_back", "failed", "rejected")
@@ -106,3 +107,25 @@ def test_settings_pushed_while_the_config_file_on_disk_is_broken_fail_with_one_d
     assert node.values() == before
     assert node.set({"daemon.log_level": "warning"}).state == "completed"  # the file fixed, it goes on
     assert node.set({"daemon.log_level": "info"}).state == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_a_command_id_of_a_mebibyte_is_dropped_with_d2003_and_later_commands_are_still_answered(node):
+    """Ids are UUIDs (docs/contract.md). Forty 1 MiB ids used to be remembered, quoted into statuses
+    and logs whole: RSS grew by 470 MB, the outbox by 300 MB, and the statuses, too big to send,
+    blocked every later answer. Now such an id is logged cut short (D2003) and dropped, unanswerable
+    like a command without one."""
+    big = [f"{i:02d}" + "i" * (1024 * 1024) for i in range(8)] + ["j" * 257]
+    for cid in big:
+        node.manager.push(pb.Command(id=cid, daemon_settings=pb.DaemonSettingsCommand(
+            values={"daemon.log_level": "loud"})))
+    status = node.set({"daemon.log_level": "loud"})  # sent after them: answered, the link not blocked
+    assert status.state == "rejected" and status.message.startswith("D1002")
+    dropped = wait_until(lambda: [r for r in log_records(node.work)
+                                  if r.get("code") == "D2003" and "command id of" in r["message"]],
+                         timeout=30, what="the D2003 line for the long ids")
+    assert all(len(r["message"]) < 400 for r in dropped)
+    assert not any(node.ends(cid) for cid in big)
+    assert (node.work / "outbox.db").stat().st_size < 8 * 1024 * 1024
+    ok = node.set({"daemon.log_level": "info"})
+    assert ok.state == "completed", ok.message
