@@ -129,3 +129,17 @@ def test_a_command_id_of_a_mebibyte_is_dropped_with_d2003_and_later_commands_are
     assert (node.work / "outbox.db").stat().st_size < 8 * 1024 * 1024
     ok = node.set({"daemon.log_level": "info"})
     assert ok.state == "completed", ok.message
+
+
+@pytest.mark.timeout(120)
+def test_a_3_mib_agent_action_is_rejected_quoted_short_and_later_commands_are_still_answered(node):
+    """The rejection quoted the action whole, in `message` and again in `result.error`: 6 MiB, over
+    what a Manager accepts (4 MiB), so ReportCommandStatus failed forever and every later command
+    went unanswered. A status's texts are now cut to 16 KiB."""
+    cid = f"act-{uuid.uuid4().hex[:8]}"
+    node.manager.push(pb.Command(id=cid, agent=pb.AgentCommand(action="x" * (3 * 1024 * 1024))))
+    status = node.set({"daemon.log_level": "loud"})  # sent after it: answered, the link not blocked
+    assert status.state == "rejected" and status.message.startswith("D1002")
+    big = wait_until(lambda: node.ends(cid), timeout=30, what="the end of the 3 MiB action")[0]
+    assert big.state == "rejected" and big.message.startswith(f"D3001 agent command {cid}: unknown action")
+    assert len(big.message) < 1000 and len(big.result.error) < 1000
