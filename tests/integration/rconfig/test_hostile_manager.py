@@ -65,7 +65,9 @@ def node(pki_dir, tmp_path_factory):  # noqa: F811 - the imported fixture
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key", ["collectors.*.enabled", "collectors..enabled", "collectors.cpu?.enabled",
-                                 "collectors.[a-z]*.interval", "collectors.cpu*.enabled"])
+                                 "collectors.[a-z]*.interval", "collectors.cpu*.enabled",
+                                 "daemon.report_interval ", "daemon.report_interval.",
+                                 "daemon.r\u0435port_interval"])  # a Cyrillic e
 def test_a_key_with_a_wildcard_or_an_empty_part_is_refused_not_stored_as_a_phantom_collector(node, key):
     """The allow-list's own pattern `collectors.*.enabled` matches itself: without this check the
     daemon answered `completed` and kept a collector literally named `*` that disables nothing."""
