@@ -656,7 +656,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         return cfg
     from daemon_app import remote_settings
 
-    values = remote_settings.read(cfg.daemon.work_dir)
+    values = remote_settings.applicable(remote_settings.read(cfg.daemon.work_dir),
+                                        list(cfg.remote_config.allowed_keys))
     if not values:
         return cfg
     try:  # the Manager's daemon settings over the file (checked when they were set)

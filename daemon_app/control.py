@@ -216,6 +216,8 @@ class ControlServer(SocketLoop[Connection]):
             request = json.loads(line)
         except ValueError as exc:
             return _error(ControlError(f"request is not JSON: {exc}"))
+        except RecursionError:  # not a ValueError: unanswered, it would end the client's thread
+            return _error(ControlError("request is not JSON the daemon takes: nested too deep"))
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return _error(ControlError('request must be an object like {"cmd": "status", "args": {}}'))
         args = request.get("args") or {}
@@ -227,7 +229,8 @@ class ControlServer(SocketLoop[Connection]):
                                        "add their commands as they start); try again in a moment"))
         if command is None:
             known = ", ".join(sorted(self.commands))
-            return _error(ControlError(f"unknown command {request['cmd']!r}; this daemon knows: {known}"))
+            return _error(ControlError(f"unknown command {request['cmd'][:60]!r}; "
+                                       f"this daemon knows: {known}"))
         try:
             if command.on_engine_thread:
                 result = self._engine_call(lambda: command.fn(args), command.timeout)

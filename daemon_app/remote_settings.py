@@ -17,6 +17,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 from typing import Any
 
 from daemon_app import fsutil
@@ -37,10 +38,33 @@ NEVER = ["manager.*", "update.*", "plugins.*", "remote_config.*", "prometheus.*"
          "*.path", "*.file", "*.dir"]
 
 
+# A config key: dotted names of letters, digits, `_` and `-`. Checked before the allow-list, whose
+# fnmatch patterns would otherwise match a key that is itself a pattern (`collectors.*.enabled`) and
+# keep it as a collector literally named `*`, or an empty name (`collectors..enabled`).
+_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", re.ASCII)
+
+
+def is_config_key(key: str) -> bool:
+    return _KEY.fullmatch(key) is not None
+
+
 def settable(key: str, allowed: list[str]) -> bool:
     if any(fnmatch.fnmatchcase(key, pattern) for pattern in NEVER):
         return False
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed)
+
+
+def applicable(values: dict[str, Any], allowed: list[str]) -> dict[str, Any]:
+    """The overlay's values a load may lay over the file: those the allow-list opens now. The
+    overlay was checked when it was set, but the allow-list may have been narrowed since (the
+    operator takes a key back) and the file may not be the daemon's doing (a restored backup, a
+    hand edit): a key left out is logged (D6001) and the file's value applies."""
+    kept = {k: v for k, v in values.items() if is_config_key(k) and settable(k, allowed)}
+    if len(kept) < len(values):
+        left = sorted(repr(k)[:130] for k in values if k not in kept)
+        log.error("D6001 remote settings not applied, not settable remotely (remote_config.allowed_keys; "
+                  "code, files and trust never are): %s", ", ".join(left), extra={"code": "D6001"})
+    return kept
 
 
 def parse_value(text: str) -> Any:

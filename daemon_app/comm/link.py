@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 3 * 1024 * 1024  # the reference Manager refuses messages over 4 MiB
 MAX_BATCH_BYTES = 1024 * 1024
+# Command ids are the Manager's UUIDs; a longer one would be remembered, stored and quoted in every
+# status and log line of its command, and its status may grow past what the Manager accepts.
+MAX_COMMAND_ID = 256
 STREAM_SECONDS = 600.0  # the command stream is re-opened this often, so even it has a deadline
 TLS_CHECK_SECONDS = 5.0
 STOP_GRACE_SECONDS = 2.0  # after the shutdown deadline, how long cancelling calls in flight may take
@@ -743,6 +746,11 @@ class ManagerLink:
         if not cid:
             log.warning("D2003 the manager sent a command without an id (kind %r): it cannot be answered; "
                         "ignored", d["type"], extra={"code": ManagerReportError.code})
+            return
+        if len(cid) > MAX_COMMAND_ID:
+            log.warning("D2003 the manager sent a command id of %d characters (%r…; at most %d): it cannot "
+                        "be answered; ignored", len(cid), cid[:40], MAX_COMMAND_ID,
+                        extra={"code": ManagerReportError.code})
             return
         box = self.outbox
         if not box.mark_seen(cid):

@@ -150,7 +150,7 @@ def command_problem(d: dict[str, Any]) -> str:
         what = f"kind {kind!r}" if kind else "no kind"
         return f"D2003 command {d.get('id', '')} has {what}; this daemon runs {', '.join(COMMAND_KINDS)}"
     if kind == "agent" and d.get("action") not in AGENT_ACTIONS:
-        return (f"D3001 agent command {d.get('id', '')}: unknown action {d.get('action', '')!r} "
+        return (f"D3001 agent command {d.get('id', '')}: unknown action {str(d.get('action', ''))[:60]!r} "
                 f"(expected {', '.join(AGENT_ACTIONS)})")
     return ""
 
@@ -180,14 +180,26 @@ def command_from_dict(d: dict[str, Any]) -> pb.Command:
     return cmd
 
 
+# A status's message and error, each at most this long: whatever a handler quotes (a Manager's
+# field, a tool's output), a status must stay far below the 4 MiB a Manager accepts, or its
+# ReportCommandStatus fails for good and every later answer waits behind it.
+MAX_STATUS_TEXT = 16 * 1024
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_STATUS_TEXT:
+        return text
+    return f"{text[:MAX_STATUS_TEXT]}… ({len(text) - MAX_STATUS_TEXT} characters cut)"
+
+
 def status_to_pb(node_id: str, command_id: str, state: str, percent: float, message: str,
                  result: dict[str, Any] | None) -> pb.CommandStatus:
     msg = pb.CommandStatus(node_id=node_id, command_id=command_id, state=state, percent=float(percent),
-                           message=message)
+                           message=_cut(message))
     if result is not None:
         msg.result.CopyFrom(pb.UpdateResult(
             success=bool(result.get("success")), old_version=str(result.get("old_version") or ""),
-            new_version=str(result.get("new_version") or ""), error=str(result.get("error") or ""),
+            new_version=str(result.get("new_version") or ""), error=_cut(str(result.get("error") or "")),
             rolled_back=bool(result.get("rolled_back")), component=str(result.get("component") or "")))
     return msg
 

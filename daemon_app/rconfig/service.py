@@ -179,6 +179,10 @@ class RemoteConfigService:
                     or len(value) > remote_settings.MAX_VALUE:
                 return reject(f"setting {str(key)[:60]!r}: keys of at most {remote_settings.MAX_KEY} and "
                               f"values of at most {remote_settings.MAX_VALUE} characters")
+        odd = sorted(k for k in values if not remote_settings.is_config_key(k))
+        if odd:
+            return reject(f"not a config key: {', '.join(repr(k) for k in odd)} (dotted names of letters, "
+                          "digits, _ and -; no wildcards, spaces or empty parts)")
         allowed = list(self.host.cfg.remote_config.allowed_keys)
         refused = sorted(k for k in values if not remote_settings.settable(k, allowed))
         if refused:
@@ -272,7 +276,8 @@ class RemoteConfigService:
         except Exception as exc:  # every push owes the Manager one answer
             code = exc.code if isinstance(exc, DaemonError) else "D6001"
             log.exception("%s %s failed", what, cid)
-            text = str(exc) if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
+            # exc.message: the code leads the answer once ("D1001 daemon settings c: config: …").
+            text = exc.message if isinstance(exc, DaemonError) else f"{type(exc).__name__}: {exc}"
             undo = self._undo_after_error()
             self._answer(cid, "failed", f"{code} {what} {cid}: {text}{undo}", "",
                          digest(content) if content else "", component=kind)

@@ -242,9 +242,15 @@ class UpdateService:
     def _control_progress(self, args: dict[str, Any]) -> dict[str, Any]:
         job = self._jobs.get(str(args.get("id") or ""))
         if job is None:
-            raise ControlError(f"no update with id {args.get('id')!r} in this daemon (pid {os.getpid()})")
-        after = args.get("after") or 0
-        return job.view(after if isinstance(after, int) and after >= 0 else 0)
+            raise ControlError(f"no update with id {repr(args.get('id'))[:80]} in this daemon "
+                               f"(pid {os.getpid()})")
+        after = args.get("after")
+        if after is None:  # left out: from the first state
+            after = 0
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ControlError(f"update-progress: after must be a whole number >= 0 (the 'next' of the "
+                               f"previous answer), got {repr(after)[:40]}")
+        return job.view(after)
 
     # --- jobs -------------------------------------------------------------------------------------
 

@@ -95,3 +95,21 @@ def test_a_rollback_request_without_a_backup_runs_as_a_job_that_fails_with_d4004
     again = control.request(sock, "update-progress", {"id": job["id"], "after": view["next"]})
     assert again["states"] == [] and again["done"]
     assert snapshot(cfg) == before
+
+
+@pytest.mark.timeout(60)
+def test_update_progress_with_a_hostile_after_or_id_is_refused_with_d1004_and_the_job_intact(running) -> None:
+    """`after` that is not a whole number >= 0 used to be taken silently as 0 ("abc", -1, 1.5, []),
+    or as 1 (true): a poller with a bug got the whole history again, forever, without a word."""
+    work, sock, cfg = running
+    job = control.request(sock, "rollback", {"component": "agent"})
+    view = wait_until(lambda: (lambda v: v if v["done"] else None)(
+        control.request(sock, "update-progress", {"id": job["id"]})), timeout=30, what="the job to finish")
+    for after in ("abc", "0", -1, 1.5, True, [], {"a": 1}):
+        err = _refused(sock, "update-progress", {"id": job["id"], "after": after})
+        assert err.code == "D1004" and "after must be a whole number" in str(err), (after, str(err))
+    far = control.request(sock, "update-progress", {"id": job["id"], "after": 10**30})
+    assert far["states"] == [] and far["next"] == view["next"]
+    err = _refused(sock, "update-progress", {"id": "x" * 60000})
+    assert err.code == "D1004" and "no update with id" in str(err) and len(str(err)) < 300
+    assert control.request(sock, "update-progress", {"id": job["id"]}) == view  # the job as it was

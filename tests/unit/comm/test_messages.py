@@ -68,3 +68,13 @@ def test_agent_status_carries_the_seeds_status_beside_the_supervisor_state(state
     msg = messages.agent_status_to_pb({"pid": 7, "state": state})
     assert (msg.state, msg.status) == (state, status)
     assert messages.agent_status_from_pb(msg)["status"] == status
+
+
+def test_a_status_quoting_megabytes_is_cut_to_stay_far_below_what_a_manager_accepts():
+    huge = "D6001 " + "x" * (5 * 1024 * 1024)
+    msg = messages.status_to_pb("n", "c-1", "failed", 0.0, huge, {"success": False, "error": huge})
+    assert len(msg.SerializeToString()) < 64 * 1024
+    assert msg.message.startswith("D6001 x") and msg.message.endswith("characters cut)")
+    assert msg.result.error == msg.message
+    short = messages.status_to_pb("n", "c-1", "failed", 0.0, "D6001 short", {"error": "D6001 short"})
+    assert short.message == short.result.error == "D6001 short"

@@ -151,3 +151,25 @@ def test_a_command_asked_while_the_daemon_starts_says_so_instead_of_unknown(serv
     server.starting = False
     with pytest.raises(ControlError, match="unknown command 'update'; this daemon knows: boom, echo, verify"):
         control.request(server.path, "update", {"component": "agent"})
+
+
+def test_json_nested_too_deep_is_answered_with_d1004_and_the_connection_goes_on(server):
+    """A 40 KiB request of 20,000 nested brackets (under the line limit) made json.loads raise
+    RecursionError, which is not a ValueError: the client's thread died and the request got no answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(server.path)
+        reader = sock.makefile("rb")
+        for nested in (b"[" * 20000 + b"]" * 20000, b'{"a":' * 10000 + b"1" + b"}" * 10000):
+            sock.sendall(b'{"cmd": "echo", "args": {"x": ' + nested + b"}}\n")
+            answer = json.loads(reader.readline())
+            assert answer["ok"] is False and answer["code"] == "D1004"
+            assert "not JSON" in answer["error"] and "nested too deep" in answer["error"]
+        sock.sendall(b'{"cmd": "echo", "args": {"i": 1}}\n')  # the same connection still serves
+        assert json.loads(reader.readline()) == {"ok": True, "result": {"echo": {"i": 1}}}
+
+
+def test_an_unknown_command_name_is_quoted_cut_short_not_echoed_whole(server):
+    answer = raw(server.path, json.dumps({"cmd": "x" * 60000}).encode() + b"\n")
+    assert answer["code"] == "D1004" and "unknown command" in answer["error"]
+    assert len(answer["error"]) < 300

@@ -124,3 +124,32 @@ def test_a_last_known_good_file_of_any_content_reads_as_values_or_none_never_an_
     (work / remote_settings.LAST_KNOWN_GOOD_FILE).write_bytes(raw)
     got = remote_settings.last_known_good(str(work))
     assert got is None or isinstance(got, dict)
+
+
+def test_an_overlay_key_the_allow_list_no_longer_opens_is_left_out_at_load_and_logged(tmp_path, caplog):
+    """The operator narrows remote_config.allowed_keys to take daemon.log_level back: the Manager's
+    setting kept in the overlay must not go on overriding the file (it did: the overlay was only
+    checked when it was set)."""
+    work = tmp_path / "w"
+    path = write_config(tmp_path / "d.yaml", base_config(
+        work, daemon={"log_level": "warning"},
+        remote_config={"enabled": True, "allowed_keys": ["daemon.report_interval"]}))
+    remote_settings.write(str(work), {"daemon.report_interval": "5s", "daemon.log_level": "debug"})
+    cfg = config.load(path)
+    assert cfg.daemon.report_interval == 5.0, "an allowed key of the overlay still applies"
+    assert cfg.daemon.log_level == "warning"
+    assert any("D6001" in r.getMessage() and "daemon.log_level" in r.getMessage() for r in caplog.records)
+
+
+def test_an_overlay_planted_with_keys_never_settable_does_not_apply_them(tmp_path):
+    """Whoever wrote settings.json (a restored backup, an older daemon, a hand edit), code, files and
+    trust never come from it: the same rule as a push."""
+    work = tmp_path / "w"
+    path = write_config(tmp_path / "d.yaml", base_config(work, remote_config={"enabled": True,
+                                                                             "allowed_keys": ["*"]}))
+    remote_settings.write(str(work), {"manager.address": "evil.example:1", "agent.binary_path": "/bin/sh",
+                                      "collectors.*.enabled": False, "daemon.report_interval": "5s"})
+    cfg = config.load(path)
+    assert cfg.manager.address != "evil.example:1" and cfg.agent.binary_path != "/bin/sh"
+    assert "*" not in cfg.collectors
+    assert cfg.daemon.report_interval == 5.0
