@@ -147,6 +147,12 @@ class RemoteConfigService:
         if not isinstance(content, (bytes, bytearray)):
             self._answer(cid, "rejected", f"D6001 agent config {cid}: content must be bytes", "", "")
             return
+        if not content:
+            # proto3 cannot tell an empty file from a field a Manager forgot to set: a buggy Manager
+            # must not blank the Agent's config across a fleet.
+            self._answer(cid, "rejected", f"D6001 agent config {cid}: the content is empty (an empty file "
+                         "cannot be told from a missing field); nothing changed", "", "")
+            return
         cap = cfg.remote_config.max_agent_config_bytes
         if len(content) > cap:
             self._answer(cid, "rejected", f"D6001 agent config {cid}: {len(content)} bytes is larger than "

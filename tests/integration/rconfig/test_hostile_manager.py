@@ -145,3 +145,14 @@ def test_a_3_mib_agent_action_is_rejected_quoted_short_and_later_commands_are_st
     big = wait_until(lambda: node.ends(cid), timeout=30, what="the end of the 3 MiB action")[0]
     assert big.state == "rejected" and big.message.startswith(f"D3001 agent command {cid}: unknown action")
     assert len(big.message) < 1000 and len(big.result.error) < 1000
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_agent_config_is_rejected_not_installed_as_a_blank_file(node):
+    cid = f"empty-{uuid.uuid4().hex[:8]}"
+    node.manager.push(pb.Command(id=cid, agent_config=pb.AgentConfigCommand(content=b"")))
+    ends = wait_until(lambda: node.ends(cid), timeout=30, what="the answer to the empty config")
+    assert [s.state for s in ends] == ["rejected"]
+    assert ends[0].message.startswith(f"D6001 agent config {cid}: the content is empty")
+    assert "nothing changed" in ends[0].message
+    assert not (node.work / "remote_config" / "journal.json").exists()
