@@ -242,3 +242,13 @@ def test_a_wrong_key_does_not_also_raise_a_consistency_problem_about_its_default
         config.load(path)
     assert [p.split(":", 1)[0] for p in info.value.problems] == ["agent.health_check.heartbeat_timeout"]
     assert "must be a duration" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("text", ["\u0662s", "1\u0660s", "\uff13m", "\u0663MiB", "\U0001d7d1h"])
+def test_digits_of_other_scripts_are_not_read_as_numbers(text):
+    # str.isdigit-style \d would read an Arabic-Indic 2 (or a fullwidth 3) as 2 (or 3): a value a
+    # human reviewing the config cannot see as a number must not become one.
+    parse = config.parse_size if text.endswith("MiB") else config.parse_duration
+    with pytest.raises(ValueError, match="must be a"):
+        parse(text)
+    assert config.parse_duration("2s") == 2.0 and config.parse_size("3MiB") == 3 * 1024 * 1024
