@@ -119,7 +119,8 @@ def host() -> Iterator[list[str]]:
     dies with it."""
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
         pytest.skip("unshare/nsenter are needed for a private PID namespace")
-    init = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "600"],
+    # --kill-child: the namespace's init (and with it everything inside) dies with unshare.
+    init = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "sleep", "600"],
                             stderr=subprocess.PIPE)
     try:
         children = f"/proc/{init.pid}/task/{init.pid}/children"
