@@ -77,16 +77,17 @@ def start_node(pki_dir, tmp_path):  # noqa: F811 - the imported fixture
         cfg = node_config(work, tmp_path, manager.address, pki_dir,
                           **deep_merge({"agent": {"enabled": with_agent}}, overrides))
         daemon = DaemonProcess(write_config(work / "daemon.yaml", cfg))
-        started.append((manager, daemon, work))
-        wait_until(lambda: manager.streams_opened >= 1, timeout=30, what="the command stream")
         n = Node(manager, daemon, work)
+        started.append((manager, daemon, work, n))
+        wait_until(lambda: manager.streams_opened >= 1, timeout=30, what="the command stream")
         if with_agent:
             n.wait_agent_running()
         return n
 
     yield start
-    for manager, daemon, work in started:
+    for manager, daemon, work, n in started:
         daemon.kill()
+        n.daemon.kill()  # a test may have started another daemon in place of the first
         kill_agent(work)  # the daemon leaves its Agent running on exit, by design
         manager.stop()
         shutil.rmtree(work, ignore_errors=True)
