@@ -394,15 +394,13 @@ class Engine:
         finally:
             self.work.end(token)
 
-    def post(self, command: str, arg: Any = None) -> None:
-        """Thread- and signal-safe: ask the engine's loop to do something: "stop" (arg: why),
-        "reload" (arg: why) or "call" (arg: a callable)."""
+    def post(self, command: str, why: str = "") -> None:
+        """Thread- and signal-safe: ask the engine's loop to "stop" or "reload", saying why (work
+        for the engine's thread goes through `run_soon`)."""
         if command == "stop":
-            self._mailbox.post(lambda: self._request_stop(str(arg)))
+            self._mailbox.post(lambda: self._request_stop(why))
         elif command == "reload":
-            self._mailbox.post(lambda: self._safe("reload", lambda: self.reload(str(arg or ""))))
-        elif command == "call":
-            self.run_soon(arg)
+            self._mailbox.post(lambda: self._safe("reload", lambda: self.reload(why)))
         else:
             raise ValueError(f"unknown engine command {command!r}")
 

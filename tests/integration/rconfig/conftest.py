@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import base_config, deep_merge, sample_agent_executable
+from tests.helpers import DaemonProcess, base_config, deep_merge, sample_agent_executable, wait_until
 
 CHECKER = textwrap.dedent("""\
     import sys
@@ -38,3 +38,33 @@ def node_config(work: Path, tmp: Path, address: str, pki_dir: Path, **overrides:
         remote_config={"enabled": True, "max_agent_config_bytes": 4096, "verify_timeout": "3s",
                        "check_timeout": "10s"})
     return deep_merge(cfg, overrides)
+
+
+# A `pre_config` veto (its body given by the test) beside a `post_config` that records every answer
+# in <plugin file>.results, one JSON object per line.
+FREEZE_PLUGIN = """\
+import json
+from daemon_app.hookspecs import hookimpl
+
+@hookimpl
+def pre_config(request):
+{veto}
+
+@hookimpl
+def post_config(result):
+    with open(__file__ + ".results", "a") as fh:
+        fh.write(json.dumps(result) + "\\n")
+"""
+
+
+def restart_with_freeze_plugin(node: Any, veto: str) -> Path:
+    """Stop `node`'s daemon, put the freeze plugin in its plugin directory, start a new daemon in
+    its place (node.daemon; the caller stops it) and wait for its command stream. Returns the file
+    where post_config records the answers."""
+    plugins = node.work / "plugins"
+    plugins.mkdir(exist_ok=True)
+    node.daemon.kill()
+    (plugins / "freeze.py").write_text(FREEZE_PLUGIN.format(veto=textwrap.indent(veto, "    ")))
+    node.daemon = DaemonProcess(node.daemon.config_path)
+    wait_until(lambda: node.manager.streams_opened >= 2, timeout=30, what="the new daemon's stream")
+    return plugins / "freeze.py.results"

@@ -20,7 +20,7 @@ from tests.contract.conftest import pki_dir  # noqa: F401 - the certificates, ma
 from tests.contract.independent_manager import IndependentManager
 from tests.helpers import DaemonProcess, end_process, short_tmpdir, wait_until, write_config
 from tests.integration.manager.conftest import log_records
-from tests.integration.rconfig.conftest import node_config
+from tests.integration.rconfig.conftest import node_config, restart_with_freeze_plugin
 from tests.live_update import kill_agent
 
 TERMINAL = ("completed", "rolled_back", "failed", "rejected")
@@ -266,37 +266,15 @@ def test_one_crash_during_verify_is_tolerated_and_the_config_committed(node, tmp
     assert node.config_file.read_bytes() == content
 
 
-PLUGIN = """\
-import json
-from daemon_app.hookspecs import hookimpl
-
-@hookimpl
-def pre_config(request):
-    if request["size"] == 13:
-        return "change freeze"
-    return None
-
-@hookimpl
-def post_config(result):
-    with open(__file__ + ".results", "a") as fh:
-        fh.write(json.dumps(result) + "\\n")
-"""
-
-
 @pytest.mark.timeout(120)
 def test_a_pre_config_plugin_vetoes_a_push_and_post_config_sees_every_answer(start_node):
     n = start_node()
-    (n.work / "plugins").mkdir(exist_ok=True)
-    n.daemon.kill()
-    (n.work / "plugins" / "freeze.py").write_text(PLUGIN)
-    n.daemon = DaemonProcess(n.daemon.config_path)
     try:
-        wait_until(lambda: n.manager.streams_opened >= 2, timeout=30, what="the new daemon's stream")
+        results = restart_with_freeze_plugin(n, 'return "change freeze" if request["size"] == 13 else None')
         vetoed = n.push(b"thirteen byte")
         assert vetoed.state == "rejected" and "vetoed by plugin 'freeze': change freeze" in vetoed.message
         assert not n.config_file.exists()
         assert n.push(GOOD).state == "completed"
-        results = n.work / "plugins" / "freeze.py.results"
         seen = wait_until(lambda: results.exists() and results.read_text().splitlines(), timeout=10,
                           what="post_config calls")
         states = [json.loads(line)["state"] for line in seen]

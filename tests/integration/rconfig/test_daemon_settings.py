@@ -21,7 +21,7 @@ from tests.contract.conftest import pki_dir  # noqa: F401 - the certificates, ma
 from tests.contract.independent_manager import IndependentManager
 from tests.helpers import ROOT, DaemonProcess, daemon_cmd, deep_merge, short_tmpdir, wait_until, write_config
 from tests.integration.manager.conftest import log_records
-from tests.integration.rconfig.conftest import node_config
+from tests.integration.rconfig.conftest import node_config, restart_with_freeze_plugin
 from tests.live_update import kill_agent
 
 TERMINAL = ("completed", "rolled_back", "failed", "rejected")
@@ -234,37 +234,17 @@ def test_a_rollback_asked_while_settings_are_verified_is_refused_naming_the_sett
     assert status.state == "completed", status.message
 
 
-SETTINGS_FREEZE = """\
-import json
-from daemon_app.hookspecs import hookimpl
-
-@hookimpl
-def pre_config(request):
-    if request["kind"] == "daemon_settings" and "daemon.log_level" in request["values"]:
-        return "log level is frozen"
-    return None
-
-@hookimpl
-def post_config(result):
-    with open(__file__ + ".results", "a") as fh:
-        fh.write(json.dumps(result) + "\\n")
-"""
-
-
 @pytest.mark.timeout(120)
 def test_a_pre_config_plugin_vetoes_daemon_settings_and_post_config_sees_the_answer(start_node):
     n = start_node()
-    (n.work / "plugins").mkdir(exist_ok=True)
-    (n.work / "plugins" / "freeze.py").write_text(SETTINGS_FREEZE)
-    n.daemon.kill()
-    n.daemon = DaemonProcess(n.daemon.config_path)
     try:
-        wait_until(lambda: n.manager.streams_opened >= 2, timeout=30, what="the new daemon's stream")
+        results = restart_with_freeze_plugin(
+            n, 'frozen = request["kind"] == "daemon_settings" and "daemon.log_level" in request["values"]\n'
+               'return "log level is frozen" if frozen else None')
         vetoed = n.set(daemon__log_level="warning")
         assert vetoed.state == "rejected"
         assert "vetoed by plugin 'freeze': log level is frozen" in vetoed.message
         assert not n.overlay.exists() and "log_level: warning" not in n.shown()
-        results = n.work / "plugins" / "freeze.py.results"
         seen = wait_until(lambda: results.exists() and results.read_text().splitlines(), timeout=10,
                           what="the post_config call")
         assert [(r["kind"], r["state"]) for r in map(json.loads, seen)] == [("daemon_settings", "rejected")]
